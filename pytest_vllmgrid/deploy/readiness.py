@@ -1,0 +1,113 @@
+"""Wait until a server is really ready: alive, HTTP up, model listed, one real completion."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import httpx
+
+from pytest_vllmgrid.deploy.base import DeploymentError, Endpoint
+
+
+@dataclass
+class ReadyResult:
+    """How readiness was reached."""
+
+    seconds: float
+    attempts: int
+    first_ok_monotonic: float  # when the completion that proved readiness returned
+    stages: dict[str, float]  # seconds from start until each stage passed
+
+
+def wait_until_ready(
+    endpoint: Endpoint,
+    *,
+    death_reason: Callable[[], str | None],
+    timeout_s: float,
+    poll_interval_s: float = 0.5,
+    log_tail: Callable[[], str] = lambda: "",
+    config_name: str = "",
+    on_attempt: Callable[[int, str], None] | None = None,
+    request_timeout_s: float = 30.0,
+) -> ReadyResult:
+    """Poll every `poll_interval_s` until the server answers a completion; fail at once if it dies."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    attempts = 0
+    stage = "http"
+    stages: dict[str, float] = {}
+    last_problem = "no answer yet"
+    headers = endpoint.headers()
+    with httpx.Client(timeout=httpx.Timeout(request_timeout_s, connect=2.0), headers=headers) as http:
+        while True:
+            reason = death_reason()
+            if reason is not None:
+                raise DeploymentError(
+                    f"server for {config_name} exited during startup ({reason})",
+                    config_name=config_name,
+                    kind="oom" if "oom" in reason.lower() else "exited",
+                    exit_code=_exit_code_of(reason),
+                    log_tail=log_tail(),
+                )
+            now = time.monotonic()
+            if now > deadline:
+                raise DeploymentError(
+                    f"server for {config_name} not ready after {timeout_s:.0f} s "
+                    f"(stage {stage}: {last_problem})",
+                    config_name=config_name,
+                    kind="timeout",
+                    log_tail=log_tail(),
+                )
+            attempts += 1
+            try:
+                stage, last_problem = _probe(http, endpoint, stage)
+            except httpx.HTTPError as exc:
+                last_problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if on_attempt:
+                on_attempt(attempts, f"{stage}: {last_problem}")
+            if stage == "ready":
+                done = time.monotonic()
+                stages.setdefault("ready", done - start)
+                return ReadyResult(done - start, attempts, done, stages)
+            stages.setdefault(stage, time.monotonic() - start)
+            time.sleep(max(0.0, min(poll_interval_s, deadline - time.monotonic())))
+
+
+def _probe(http: httpx.Client, endpoint: Endpoint, stage: str) -> tuple[str, str]:
+    """Advance one readiness stage; returns (stage reached, what is still missing)."""
+    if stage == "http":
+        resp = http.get(f"{endpoint.base_url}/health")
+        if resp.status_code != 200:
+            return "http", f"/health answered {resp.status_code}"
+        stage = "models"
+    if stage == "models":
+        resp = http.get(f"{endpoint.base_url}/v1/models")
+        if resp.status_code != 200:
+            return "models", f"/v1/models answered {resp.status_code}"
+        ids = [m.get("id") for m in resp.json().get("data", [])]
+        if endpoint.model not in ids:
+            return "models", f"/v1/models lists {ids}, not {endpoint.model!r}"
+        stage = "completion"
+    resp = http.post(
+        f"{endpoint.base_url}/v1/completions",
+        json={"model": endpoint.model, "prompt": "ready", "max_tokens": 1, "temperature": 0},
+    )
+    if resp.status_code != 200:
+        return "completion", f"/v1/completions answered {resp.status_code}: {resp.text[:200]}"
+    if not resp.json().get("choices"):
+        return "completion", "/v1/completions returned no choices"
+    return "ready", ""
+
+
+def _exit_code_of(reason: str) -> int | None:
+    """Pull 'exit code N' out of a death reason."""
+    marker = "exit code "
+    if marker in reason:
+        digits = reason.split(marker, 1)[1].split()[0].strip(",;)")
+        try:
+            return int(digits)
+        except ValueError:
+            return None
+    return None

@@ -1,0 +1,77 @@
+"""Fixtures users touch: vllm_config, vllm_deployment, vllm_endpoint, vllm_record (thin: call modules)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+from pytest_vllmgrid.bench import BenchContext
+from pytest_vllmgrid.deploy.base import DeploymentError, Deployment, Endpoint
+from pytest_vllmgrid.grid import ServerConfig
+from pytest_vllmgrid.session import STASH_KEY, GridSession
+
+FAIL_LOG_LINES = 30
+
+
+@pytest.fixture(scope="session")
+def vllm_session(request: pytest.FixtureRequest) -> GridSession:
+    """The run's shared state (grid, deployer, results store)."""
+    return request.config.stash[STASH_KEY]
+
+
+@pytest.fixture(scope="session")
+def vllm_config(request: pytest.FixtureRequest) -> ServerConfig:
+    """The grid config under test (the plugin parametrizes this by the grid)."""
+    if not hasattr(request, "param"):
+        pytest.fail("vllm_config is parametrized by pytest-vllmgrid's grid; it cannot be used here", pytrace=False)
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def vllm_deployment(vllm_config: ServerConfig, vllm_session: GridSession):
+    """Deploy the config once for all its tests; always torn down before the next config deploys."""
+    try:
+        deployment = vllm_session.deploy(vllm_config)
+    except DeploymentError as exc:
+        vllm_session._terminal_line(f"\nvllmgrid: {vllm_config.name}: deployment failed\n{exc.details()}")
+        tail = "\n".join(exc.log_tail.splitlines()[-FAIL_LOG_LINES:])
+        log = f"\nfull log: {exc.log_path}" if exc.log_path else ""
+        pytest.fail(f"deployment of {vllm_config.name} failed: {exc.summary()}{log}"
+                    + (f"\n--- last log lines ---\n{tail}" if tail else ""), pytrace=False)
+    try:
+        yield deployment
+    finally:
+        vllm_session.teardown(vllm_config)
+
+
+@pytest.fixture
+def vllm_endpoint(vllm_deployment: Deployment) -> Endpoint:
+    """The live server's endpoint; fails at once if the server died since the last test."""
+    reason = vllm_deployment.death_reason()
+    if reason is not None:
+        tail = "\n".join(vllm_deployment.log_tail().splitlines()[-FAIL_LOG_LINES:])
+        pytest.fail(f"server for {vllm_deployment.config_name} is gone ({reason}); "
+                    f"log: {vllm_deployment.log_path}\n{tail}", pytrace=False)
+    return vllm_deployment.endpoint
+
+
+@pytest.fixture
+def vllm_record(request: pytest.FixtureRequest, vllm_config: ServerConfig,
+                vllm_session: GridSession) -> Callable[[dict[str, Any]], None]:
+    """`vllm_record(measurement)` stores this benchmark's measurement in the config's results."""
+    from pytest_vllmgrid.plugin import result_key
+
+    key = result_key(request.node)
+
+    def record(measurement: dict[str, Any]) -> None:
+        vllm_session.record_measurement(vllm_config.name, key, measurement)
+    return record
+
+
+@pytest.fixture
+def vllm_bench(vllm_endpoint: Endpoint, vllm_config: ServerConfig, vllm_session: GridSession,
+               vllm_record: Callable[[dict[str, Any]], None]) -> BenchContext:
+    """Settings, a streaming client, /metrics windows and recording for one benchmark."""
+    return BenchContext(endpoint=vllm_endpoint, config=vllm_config, settings=vllm_session.bench_settings(),
+                        record=vllm_record)

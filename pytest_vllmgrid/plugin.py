@@ -1,0 +1,209 @@
+"""pytest hooks and options of pytest-vllmgrid (entry point pytest11); logic lives in plain modules."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from pytest_vllmgrid.session import INTERRUPTED, STASH_KEY, STOP_REASON, GridSession
+
+pytest_plugins = ["pytest_vllmgrid.fixtures"]
+
+# (option, ini key / dest, help, kwargs)
+_OPTIONS: list[tuple[list[str], str, str, dict]] = [
+    (["--grid", "--vllm-grid"], "vllm_grid", "grid file (JSON or YAML) of vLLM server configs; "
+     "default: the ini key vllm_grid, else the embedded CPU tiny-model grid", {}),
+    (["--results-dir", "--vllm-results-dir"], "vllm_results_dir",
+     "where results and reports go (default results/<timestamp>/ under the rootdir)", {}),
+    (["--vllm-model"], "vllm_model", "override the grid's model (path or id)", {}),
+    (["--vllm-baseline"], "vllm_baseline", "override the grid's baseline config name", {}),
+    (["--vllm-deployer"], "vllm_deployer", "override the grid's deployer: process, compose or endpoint",
+     {"choices": ["process", "compose", "endpoint"]}),
+    (["--vllm-startup-timeout"], "vllm_startup_timeout", "seconds to wait for a server to be ready "
+     "(default: the grid's startup_timeout_s, 600)", {"type": float}),
+    (["--vllm-api-key-env"], "vllm_api_key_env", "name of the environment variable holding the API key", {}),
+    (["--vllm-compose-file", "--compose-file"], "vllm_compose_file", "compose file of the vLLM service", {}),
+    (["--vllm-compose-service"], "vllm_compose_service", "compose service running vLLM", {}),
+    (["--vllm-compose-project"], "vllm_compose_project", "compose project name", {}),
+    (["--vllm-compose-env-file"], "vllm_compose_env_file", "env file passed to compose", {}),
+    (["--vllm-endpoint-url"], "vllm_endpoint_url", "base URL of an already-running server (deployer endpoint)", {}),
+    (["--vllm-min-free-disk-gb"], "vllm_min_free_disk_gb", "compose preflight: free disk needed (GB)",
+     {"type": float, "default": 5.0}),
+    (["--vllm-restore"], "vllm_restore", "compose: bring the user's original service back up at the end",
+     {"action": "store_true"}),
+    (["--vllm-repetitions"], "vllm_repetitions", "measured requests per metric (benchmark setting repetitions)",
+     {"type": int}),
+    (["--vllm-warmup"], "vllm_warmup", "warm-up requests sent and discarded before measuring", {"type": int}),
+    (["--vllm-bench"], "vllm_bench", "benchmark setting KEY=VALUE (repeatable), e.g. prefix_tokens=2048",
+     {"action": "append"}),
+    (["--vllm-resume", "--resume"], "vllm_resume", "resume an interrupted run in this results directory: "
+     "configs complete with the same config hash are skipped", {}),
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """One group, one prefix; every option also an ini key of the same name."""
+    group = parser.getgroup("vllmgrid", "vLLM grid benchmarks (pytest-vllmgrid)")
+    for flags, dest, help_text, kwargs in _OPTIONS:
+        kwargs = dict(kwargs)
+        default = kwargs.pop("default", None)
+        group.addoption(*flags, dest=dest, default=None, help=help_text, **kwargs)
+        parser.addini(dest, help=help_text, default=default)
+
+
+def _getopt(config: pytest.Config, dest: str):
+    """Command line first, then ini, with the option's type."""
+    value = config.getoption(dest, None)
+    if value is None or value is False:
+        ini = config.getini(dest)
+        if ini not in (None, "", []):
+            if isinstance(ini, str) and ini.lower() in ("true", "false"):
+                return ini.lower() == "true"
+            return ini
+    return value
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Create the run's session object and turn SIGTERM into a clean interrupt."""
+    config.addinivalue_line("markers", "vllm_benchmark(name): a benchmark measured against each grid config")
+    for _, dest, _, _ in _OPTIONS:  # fold ini values into the option namespace: one lookup everywhere
+        setattr(config.option, dest, _getopt(config, dest))
+    config.stash[STASH_KEY] = GridSession(config)
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+
+def _sigterm_to_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Validate an explicitly given grid before collecting anything."""
+    gs = session.config.stash[STASH_KEY]
+    if session.config.getoption("vllm_grid") or session.config.getini("vllm_grid"):
+        gs.load()
+        gs.bench_settings()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The grid and where results go."""
+    gs = config.stash[STASH_KEY]
+    if gs.grid is None:
+        return []
+    return [f"vllmgrid: grid {gs.grid.path} ({len(gs.grid.configs)} configs, baseline {gs.grid.baseline}, "
+            f"deployer {gs.grid.deployer})"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize `vllm_config` by the grid, session-scoped, ids = config names."""
+    if "vllm_config" not in metafunc.fixturenames:
+        return
+    grid = metafunc.config.stash[STASH_KEY].load()
+    metafunc.parametrize("vllm_config", list(grid.configs), ids=[c.name for c in grid.configs],
+                         scope="session", indirect=True)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On --resume, deselect configs already complete with the same config hash."""
+    gs = config.stash[STASH_KEY]
+    if not config.getoption("vllm_resume") or gs.grid is None:
+        return
+    gs.results_root()
+    done = gs.store.completed_hashes() if gs.store else {}
+    skip_names = {c.name for c in gs.grid.configs if done.get(c.name) == c.config_hash()}
+    if not skip_names:
+        return
+    kept, dropped = [], []
+    for item in items:
+        cfg = _item_config(item)
+        (dropped if cfg is not None and cfg.name in skip_names else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+        gs._terminal_line(f"vllmgrid: resume: {len(skip_names)} config(s) already complete: "
+                          f"{', '.join(sorted(skip_names))}")
+
+
+def _item_config(item: pytest.Item):
+    """The grid config an item runs against, or None."""
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("vllm_config") if callspec else None
+
+
+def result_key(item: pytest.Item) -> str:
+    """The name a test's results are stored under: function name without test_, plus other params."""
+    name = getattr(item, "originalname", item.name)
+    name = name[5:] if name.startswith("test_") else name
+    callspec = getattr(item, "callspec", None)
+    others = [str(v) for k, v in callspec.params.items() if k != "vllm_config"] if callspec else []
+    return f"{name}[{'-'.join(others)}]" if others else name
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Store each benchmark's outcome with its config; stop the run if the baseline failed."""
+    outcome = yield
+    report = outcome.get_result()
+    cfg = _item_config(item)
+    if cfg is None:
+        return
+    gs = item.config.stash[STASH_KEY]
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        status = "passed" if report.passed else ("skipped" if report.skipped else
+                                                 ("failed" if report.when == "call" else "error"))
+        message = None if report.passed else _one_line(report)
+        gs.record_outcome(cfg.name, result_key(item), status, message, report.duration)
+    reason = item.config.stash.get(STOP_REASON, None)
+    if reason:
+        item.session.shouldstop = reason
+
+
+def _one_line(report: pytest.TestReport) -> str:
+    """A failure's message without the traceback."""
+    longrepr = report.longrepr
+    if hasattr(longrepr, "reprcrash") and longrepr.reprcrash is not None:
+        return longrepr.reprcrash.message.strip()
+    if isinstance(longrepr, tuple):  # skipped: (path, line, reason)
+        return str(longrepr[-1])
+    return str(longrepr).strip().splitlines()[-1] if longrepr else ""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Tear down every server, then write the manifest and the reports."""
+    config = session.config
+    gs = config.stash[STASH_KEY]
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        config.stash[INTERRUPTED] = True
+    gs.teardown_all()
+    if gs.grid is None or gs.store is None or gs.is_worker:
+        return
+    status = "interrupted" if config.stash.get(INTERRUPTED, False) else (
+        "failed" if config.stash.get(STOP_REASON, None) else "complete")
+    gs.write_manifest(status)
+    from pytest_vllmgrid.report import write_reports
+
+    config.stash[REPORT_PATHS] = write_reports(gs.store, gs.grid)
+
+
+REPORT_PATHS = pytest.StashKey[dict]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """The ranked table and where each report file is."""
+    gs = config.stash[STASH_KEY]
+    paths = config.stash.get(REPORT_PATHS, None)
+    if not paths or gs.store is None:
+        return
+    from pytest_vllmgrid.report import terminal_table
+
+    terminalreporter.section("vllmgrid")
+    for line in terminal_table(gs.store, gs.grid):
+        terminalreporter.write_line(line)
+    reason = config.stash.get(STOP_REASON, None)
+    if reason:
+        terminalreporter.write_line(f"run stopped: {reason}", red=True)
+    for kind, path in paths.items():
+        terminalreporter.write_line(f"{kind} report: {Path(path)}")

