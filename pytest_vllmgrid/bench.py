@@ -16,6 +16,7 @@ from pytest_vllmgrid.grid import ServerConfig
 from pytest_vllmgrid.load import run_event_loop
 from pytest_vllmgrid.measurement import Measurement
 from pytest_vllmgrid.server_metrics import MetricsUnavailable, diff, fetch_metrics
+from pytest_vllmgrid.telemetry import AlertThresholds, TelemetrySampler, TelemetrySeries, measurement_telemetry
 
 T = TypeVar("T")
 
@@ -100,7 +101,8 @@ class BenchContext:
     config: ServerConfig
     settings: BenchSettings
     record: Callable[[dict[str, Any]], None]
-    telemetry: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
+    sampler: TelemetrySampler | None = None
+    alert_thresholds: AlertThresholds | None = None
     _token_cache: dict[str, int] = field(default_factory=dict)
 
     def client(self) -> ChatClient:
@@ -158,7 +160,23 @@ class BenchContext:
             measurement.server = window.delta
             if window.error:
                 measurement.warnings.append(f"server /metrics unavailable: {window.error}")
+        series = self.stop_telemetry()
+        if series is not None:
+            tele = measurement_telemetry(series, self.alert_thresholds)
+            measurement.info["telemetry"] = tele
+            if not series.available:
+                measurement.info["telemetry"]["unavailable"] = series.reason
+            measurement.warnings += [f"GPU alert: {a['message']}" for a in tele["alerts"]]
         data = measurement.to_dict()
         data["settings"] = self.settings.model_dump()
+        if series is not None and series.available:
+            data["telemetry_series"] = series.to_dict()
         self.record(data)
         return data
+
+    def stop_telemetry(self) -> TelemetrySeries | None:
+        """Stop the GPU sampler (idempotent); its series covers this benchmark's window."""
+        if self.sampler is None:
+            return None
+        sampler, self.sampler = self.sampler, None
+        return sampler.stop()

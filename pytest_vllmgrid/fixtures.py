@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import pytest
@@ -10,6 +11,7 @@ from pytest_vllmgrid.bench import BenchContext
 from pytest_vllmgrid.deploy.base import DeploymentError, Deployment, Endpoint
 from pytest_vllmgrid.grid import ServerConfig
 from pytest_vllmgrid.session import STASH_KEY, GridSession
+from pytest_vllmgrid.telemetry import TelemetrySampler
 
 FAIL_LOG_LINES = 30
 
@@ -71,7 +73,14 @@ def vllm_record(request: pytest.FixtureRequest, vllm_config: ServerConfig,
 
 @pytest.fixture
 def vllm_bench(vllm_endpoint: Endpoint, vllm_config: ServerConfig, vllm_session: GridSession,
-               vllm_record: Callable[[dict[str, Any]], None]) -> BenchContext:
-    """Settings, a streaming client, /metrics windows and recording for one benchmark."""
-    return BenchContext(endpoint=vllm_endpoint, config=vllm_config, settings=vllm_session.bench_settings(),
-                        record=vllm_record)
+               vllm_record: Callable[[dict[str, Any]], None]):
+    """Settings, a streaming client, /metrics windows, GPU telemetry and recording for one benchmark."""
+    settings = vllm_session.bench_settings()
+    devices = vllm_config.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+    sampler = TelemetrySampler(interval_s=settings.telemetry_interval_s, devices=devices).start()
+    ctx = BenchContext(endpoint=vllm_endpoint, config=vllm_config, settings=settings, record=vllm_record,
+                       sampler=sampler, alert_thresholds=vllm_session.alert_thresholds())
+    try:
+        yield ctx
+    finally:
+        ctx.stop_telemetry()

@@ -19,6 +19,7 @@ from pytest_vllmgrid.deploy import DeployOptions, make_deployer
 from pytest_vllmgrid.deploy.base import Deployer, DeploymentError, Deployment
 from pytest_vllmgrid.deploy.owned import OwnedProcesses
 from pytest_vllmgrid.grid import Grid, GridError, ServerConfig, load_grid
+from pytest_vllmgrid.telemetry import AlertThresholds
 from pytest_vllmgrid.results import ResultsStore, default_results_dir, now_iso
 
 DEFAULT_GRID = "cpu-tiny.yaml"
@@ -98,6 +99,10 @@ class GridSession:
             except ValueError as exc:
                 raise pytest.UsageError(str(exc)) from None
         return self._bench
+
+    def alert_thresholds(self) -> AlertThresholds:
+        """GPU alert limits (the thresholds file's `telemetry:` section, else the seeds' defaults)."""
+        return AlertThresholds()
 
     def results_root(self) -> Path:
         """The results directory of this run (made on first use)."""

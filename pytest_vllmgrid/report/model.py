@@ -26,7 +26,7 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
         _add_vs_baseline(row, base_row)
     columns = _headline_columns(rows)
     primary = primary or (grid.spec.primary_metric if grid else None)
-    primary = primary or next((p for p in PRIMARY_PREFERENCE if p in columns), columns[0] if columns else None)
+    primary = primary or next((p for p in PRIMARY_PREFERENCE if p in columns), next(iter(columns), None))
     ranked = _rank(rows, primary, columns)
     report = {
         "schema_version": 1,
