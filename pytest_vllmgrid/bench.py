@@ -16,6 +16,7 @@ from pytest_vllmgrid.grid import ServerConfig
 from pytest_vllmgrid.load import run_event_loop
 from pytest_vllmgrid.measurement import Measurement
 from pytest_vllmgrid.server_metrics import MetricsUnavailable, diff, fetch_metrics
+from pytest_vllmgrid.thresholds import Thresholds, Verdict, judge
 from pytest_vllmgrid.telemetry import AlertThresholds, TelemetrySampler, TelemetrySeries, measurement_telemetry
 
 T = TypeVar("T")
@@ -100,10 +101,15 @@ class BenchContext:
     endpoint: Endpoint
     config: ServerConfig
     settings: BenchSettings
-    record: Callable[[dict[str, Any]], None]
+    record: Callable[..., None]
     sampler: TelemetrySampler | None = None
     alert_thresholds: AlertThresholds | None = None
+    thresholds: Thresholds | None = None
+    test_key: str = ""
+    baseline_metrics: Callable[[], dict[str, Any] | None] = lambda: None
+    fail_on_gpu_alerts: bool = False
     _token_cache: dict[str, int] = field(default_factory=dict)
+    _stored: dict[str, Any] | None = None
 
     def client(self) -> ChatClient:
         """A streaming client for this server (use as `async with`)."""
@@ -154,8 +160,9 @@ class BenchContext:
             self._token_cache[text] = int(resp.json()["count"])
         return self._token_cache[text]
 
-    def finish(self, measurement: Measurement, window: MetricsWindow | None = None) -> dict[str, Any]:
-        """Attach server deltas, store the measurement; returns the stored dict."""
+    def finish(self, measurement: Measurement, window: MetricsWindow | None = None,
+               legacy: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Attach server deltas and GPU telemetry, store the measurement (+ seed-schema fields)."""
         if window is not None:
             measurement.server = window.delta
             if window.error:
@@ -171,8 +178,27 @@ class BenchContext:
         data["settings"] = self.settings.model_dump()
         if series is not None and series.available:
             data["telemetry_series"] = series.to_dict()
-        self.record(data)
+        self.record(data, **(legacy or {}))
+        self._stored = data
         return data
+
+    def check_thresholds(self) -> list[Verdict]:
+        """Judge the stored measurement against the thresholds file; fail with every broken bound."""
+        assert self._stored is not None, "call finish() before check_thresholds()"
+        verdicts: list[Verdict] = []
+        if self.thresholds is not None:
+            base = self.baseline_metrics() or {}
+            for metric_name, bound in self.thresholds.for_test(self.test_key, self.config.name, self.config.params).items():
+                verdicts += judge(f"{self.test_key}.{metric_name}", bound, self._stored["metrics"].get(metric_name),
+                                  base.get(metric_name), self.config.name, self.config.is_baseline)
+        self.record(self._stored, thresholds=[v.to_dict() for v in verdicts])
+        failed = [v.message for v in verdicts if v.passed is False]
+        gpu_alerts = [w for w in self._stored.get("warnings", []) if w.startswith("GPU alert")]
+        if self.fail_on_gpu_alerts:
+            failed += gpu_alerts
+        if failed:
+            raise AssertionError(f"{self.config.name}: " + "; ".join(failed))
+        return verdicts
 
     def stop_telemetry(self) -> TelemetrySeries | None:
         """Stop the GPU sampler (idempotent); its series covers this benchmark's window."""

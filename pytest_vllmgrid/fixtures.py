@@ -10,6 +10,7 @@ import pytest
 from pytest_vllmgrid.bench import BenchContext
 from pytest_vllmgrid.deploy.base import DeploymentError, Deployment, Endpoint
 from pytest_vllmgrid.grid import ServerConfig
+from pytest_vllmgrid.results import result_key
 from pytest_vllmgrid.session import STASH_KEY, GridSession
 from pytest_vllmgrid.telemetry import TelemetrySampler
 
@@ -60,26 +61,28 @@ def vllm_endpoint(vllm_deployment: Deployment) -> Endpoint:
 
 @pytest.fixture
 def vllm_record(request: pytest.FixtureRequest, vllm_config: ServerConfig,
-                vllm_session: GridSession) -> Callable[[dict[str, Any]], None]:
-    """`vllm_record(measurement)` stores this benchmark's measurement in the config's results."""
-    from pytest_vllmgrid.plugin import result_key
-
+                vllm_session: GridSession) -> Callable[..., None]:
+    """`vllm_record(measurement, **fields)` stores this benchmark's measurement in the config's results."""
     key = result_key(request.node)
 
-    def record(measurement: dict[str, Any]) -> None:
-        vllm_session.record_measurement(vllm_config.name, key, measurement)
+    def record(measurement: dict[str, Any], **fields: Any) -> None:
+        vllm_session.record_measurement(vllm_config.name, key, measurement, **fields)
     return record
 
 
 @pytest.fixture
-def vllm_bench(vllm_endpoint: Endpoint, vllm_config: ServerConfig, vllm_session: GridSession,
+def vllm_bench(request: pytest.FixtureRequest, vllm_endpoint: Endpoint, vllm_config: ServerConfig, vllm_session: GridSession,
                vllm_record: Callable[[dict[str, Any]], None]):
     """Settings, a streaming client, /metrics windows, GPU telemetry and recording for one benchmark."""
     settings = vllm_session.bench_settings()
     devices = vllm_config.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
     sampler = TelemetrySampler(interval_s=settings.telemetry_interval_s, devices=devices).start()
+    key = result_key(request.node)
+    rules = vllm_session.thresholds()
     ctx = BenchContext(endpoint=vllm_endpoint, config=vllm_config, settings=settings, record=vllm_record,
-                       sampler=sampler, alert_thresholds=vllm_session.alert_thresholds())
+                       sampler=sampler, alert_thresholds=vllm_session.alert_thresholds(), thresholds=rules,
+                       test_key=key, baseline_metrics=lambda: vllm_session.baseline_metrics(key),
+                       fail_on_gpu_alerts=rules.spec.telemetry.fail)
     try:
         yield ctx
     finally:

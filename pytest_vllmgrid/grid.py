@@ -152,6 +152,7 @@ class GridFile(_Strict):
     baseline: str | None = None
     stop_when_met: bool = False
     primary_metric: str | None = Field(None, description="metric the report ranks by, e.g. kv_cache.ttft_hit_ms")
+    thresholds: str | None = Field(None, description="thresholds file, relative to the grid file")
     benchmarks: dict[str, Any] = Field(default_factory=dict, description="benchmark sizes (bench.BenchSettings)")
     compose: ComposeSpec | None = None
     endpoint: EndpointSpec | None = None

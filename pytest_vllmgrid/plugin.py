@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_vllmgrid.results import result_key
 from pytest_vllmgrid.session import INTERRUPTED, STASH_KEY, STOP_REASON, GridSession
 
 pytest_plugins = ["pytest_vllmgrid.fixtures"]
@@ -38,6 +39,9 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
     (["--vllm-warmup"], "vllm_warmup", "warm-up requests sent and discarded before measuring", {"type": int}),
     (["--vllm-bench"], "vllm_bench", "benchmark setting KEY=VALUE (repeatable), e.g. prefix_tokens=2048",
      {"action": "append"}),
+    (["--vllm-thresholds"], "vllm_thresholds", "thresholds file (YAML/JSON); default: the grid's `thresholds:`", {}),
+    (["--vllm-baseline-run"], "vllm_baseline_run", "judge relative thresholds against the baseline of this "
+     "stored results directory instead of this run's", {}),
     (["--vllm-resume", "--resume"], "vllm_resume", "resume an interrupted run in this results directory: "
      "configs complete with the same config hash are skipped", {}),
 ]
@@ -85,6 +89,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if session.config.getoption("vllm_grid") or session.config.getini("vllm_grid"):
         gs.load()
         gs.bench_settings()
+        gs.thresholds()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -130,15 +135,6 @@ def _item_config(item: pytest.Item):
     """The grid config an item runs against, or None."""
     callspec = getattr(item, "callspec", None)
     return callspec.params.get("vllm_config") if callspec else None
-
-
-def result_key(item: pytest.Item) -> str:
-    """The name a test's results are stored under: function name without test_, plus other params."""
-    name = getattr(item, "originalname", item.name)
-    name = name[5:] if name.startswith("test_") else name
-    callspec = getattr(item, "callspec", None)
-    others = [str(v) for k, v in callspec.params.items() if k != "vllm_config"] if callspec else []
-    return f"{name}[{'-'.join(others)}]" if others else name
 
 
 @pytest.hookimpl(hookwrapper=True)

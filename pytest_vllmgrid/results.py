@@ -138,3 +138,12 @@ def _read_json(path: Path) -> Any:
 def elapsed_since(start: float) -> float:
     """Seconds since a monotonic start, rounded for storage."""
     return round(time.monotonic() - start, 3)
+
+
+def result_key(item: Any) -> str:
+    """The name a test's results are stored under: function name without test_, plus other params."""
+    name = getattr(item, "originalname", item.name)
+    name = name[5:] if name.startswith("test_") else name
+    callspec = getattr(item, "callspec", None)
+    others = [str(v) for k, v in callspec.params.items() if k != "vllm_config"] if callspec else []
+    return f"{name}[{'-'.join(others)}]" if others else name

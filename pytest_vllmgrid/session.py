@@ -20,6 +20,7 @@ from pytest_vllmgrid.deploy.base import Deployer, DeploymentError, Deployment
 from pytest_vllmgrid.deploy.owned import OwnedProcesses
 from pytest_vllmgrid.grid import Grid, GridError, ServerConfig, load_grid
 from pytest_vllmgrid.telemetry import AlertThresholds
+from pytest_vllmgrid.thresholds import ThresholdError, Thresholds, load_thresholds
 from pytest_vllmgrid.results import ResultsStore, default_results_dir, now_iso
 
 DEFAULT_GRID = "cpu-tiny.yaml"
@@ -60,6 +61,7 @@ class GridSession:
         self.started_wall = now_iso()
         self.is_worker = hasattr(config, "workerinput")
         self._bench: BenchSettings | None = None
+        self._thresholds: Thresholds | None = None
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -102,7 +104,8 @@ class GridSession:
 
     def alert_thresholds(self) -> AlertThresholds:
         """GPU alert limits (the thresholds file's `telemetry:` section, else the seeds' defaults)."""
-        return AlertThresholds()
+        rules = self.thresholds().spec.telemetry
+        return AlertThresholds(vram_pct=rules.vram_pct, temp_c=rules.temp_c, min_util_pct=rules.min_util_pct)
 
     def results_root(self) -> Path:
         """The results directory of this run (made on first use)."""
@@ -212,9 +215,28 @@ class GridSession:
         assert self.store is not None
         return self.store
 
-    def record_measurement(self, cfg_name: str, test_key: str, measurement: dict[str, Any]) -> None:
-        """Store one benchmark's measurement under tests[test_key]."""
-        self._store().record_test(cfg_name, test_key, {"measurement": measurement})
+    def record_measurement(self, cfg_name: str, test_key: str, measurement: dict[str, Any], **fields: Any) -> None:
+        """Store one benchmark's measurement (and extra fields, e.g. the seeds' names) under tests[test_key]."""
+        self._store().record_test(cfg_name, test_key, {"measurement": measurement, **fields})
+
+    def thresholds(self) -> Thresholds:
+        """--vllm-thresholds, else the grid's `thresholds:` (relative to the grid file), else none."""
+        if self._thresholds is None:
+            grid = self.load()
+            given = self.pytest_config.getoption("vllm_thresholds")
+            path = Path(given) if given else (grid.path.parent / grid.spec.thresholds if grid.spec.thresholds else None)
+            try:
+                self._thresholds = load_thresholds(path)
+            except ThresholdError as exc:
+                raise pytest.UsageError(str(exc)) from None
+        return self._thresholds
+
+    def baseline_metrics(self, test_key: str) -> dict[str, Any] | None:
+        """The baseline config's stored metrics for a test (this run, or --vllm-baseline-run DIR)."""
+        other = self.pytest_config.getoption("vllm_baseline_run")
+        store = ResultsStore(Path(other)) if other else self._store()
+        data = store.load_config(self.load().baseline) or {}
+        return ((data.get("tests") or {}).get(test_key) or {}).get("measurement", {}).get("metrics")
 
     def record_outcome(self, cfg_name: str, test_key: str, outcome: str, message: str | None,
                        duration_s: float) -> None:

@@ -1,0 +1,226 @@
+"""Threshold files: absolute bounds and bounds relative to the baseline, judged with reasons."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pytest_vllmgrid.grid import suggest
+from pytest_vllmgrid.measurement import point_of
+
+# Metrics the shipped benchmarks produce: test -> metric names (threshold keys are "test.metric").
+METRICS: dict[str, list[str]] = {
+    "kv_cache": ["ttft_miss_ms", "ttft_hit_ms", "acceleration", "gain_pct", "server_hit_rate_pct",
+                 "server_hits_during_miss", "server_hits_during_hit"],
+    "ttft": ["ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "errors", "server_ttft_p50_ms", "server_ttft_mean_ms"],
+    "throughput": ["output_tok_s", "request_rate", "ttft_ms", "tpot_ms", "e2e_ms", "goodput_pct", "errors"],
+    "long_conversation": ["ttft_ms", "turn_ttft_ms", "degradation_pct", "errors"],
+    "reasoning": ["ttft_ms", "decode_tok_s", "e2e_ms", "completion_tokens", "errors"],
+    "tool_calling": ["success_rate_pct", "ttft_ms", "e2e_ms", "errors"],
+    "stability": ["ttft_ms", "e2e_ms", "degradation_pct", "errors", "timeouts"],
+    "gpu": ["util_mean_pct", "vram_peak_pct", "temp_max_c", "power_mean_w"],
+}
+STATS = ("p50", "p90", "p95", "p99", "mean", "min", "max", "value")
+
+
+class ThresholdError(Exception):
+    """A thresholds-file mistake, naming the file, the metric, the field and what is allowed."""
+
+
+class Bound(BaseModel):
+    """Bounds on one metric; relative bounds are % vs the baseline config's value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stat: Literal["p50", "p90", "p95", "p99", "mean", "min", "max", "value"] | None = None
+    min: float | None = None
+    max: float | None = None
+    max_vs_baseline_pct: float | None = Field(None, description="value <= baseline * (1 + pct/100)")
+    min_vs_baseline_pct: float | None = Field(None, description="value >= baseline * (1 + pct/100)")
+    configs: list[str] = Field(default_factory=lambda: ["*"], description="config name globs it applies to")
+    when: dict[str, Any] = Field(default_factory=dict, description="only configs whose vLLM params equal these")
+    skip_baseline: bool = True
+    description: str = ""
+
+    def applies_to(self, config: str, params: dict[str, Any]) -> bool:
+        """True for a config matching a name glob and every `when` parameter."""
+        from pytest_vllmgrid.grid import canonical_param
+
+        named = any(fnmatch.fnmatchcase(config, g) for g in self.configs)
+        return named and all(params.get(canonical_param(k) or k) == v for k, v in self.when.items())
+
+    @model_validator(mode="after")
+    def _has_a_bound(self) -> Bound:
+        if all(v is None for v in (self.min, self.max, self.max_vs_baseline_pct, self.min_vs_baseline_pct)):
+            raise ValueError("give at least one of min, max, max_vs_baseline_pct, min_vs_baseline_pct")
+        return self
+
+
+class TelemetryRules(BaseModel):
+    """GPU alert limits; `fail: true` turns alerts into failures."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vram_pct: float | None = 95.0
+    temp_c: float | None = 85.0
+    min_util_pct: float | None = 50.0
+    fail: bool = False
+
+
+class ThresholdsFile(BaseModel):
+    """The whole thresholds file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    thresholds: dict[str, Bound] = Field(default_factory=dict)
+    goal: list[str] = Field(default_factory=list, description="metrics whose bounds all pass = goal met")
+    telemetry: TelemetryRules = Field(default_factory=TelemetryRules)
+
+
+@dataclass
+class Verdict:
+    """One bound judged on one config."""
+
+    metric: str
+    config: str
+    passed: bool | None  # None = could not be judged (missing value or baseline)
+    message: str
+    value: float | None = None
+    bound: float | None = None
+    baseline_value: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return self.__dict__.copy()
+
+
+@dataclass
+class Thresholds:
+    """A loaded thresholds file."""
+
+    path: Path | None
+    spec: ThresholdsFile
+
+    def for_test(self, test_key: str, config: str, params: dict[str, Any] | None = None) -> dict[str, Bound]:
+        """Bounds on metrics of this test (key with or without its [params]) that apply to this config."""
+        base = test_key.split("[", 1)[0]
+        out = {}
+        for key, bound in self.spec.thresholds.items():
+            test, metric = key.rsplit(".", 1)
+            if test in (test_key, base) and bound.applies_to(config, params or {}):
+                out[metric] = bound
+        return out
+
+
+def load_thresholds(path: str | Path | None) -> Thresholds:
+    """Read and validate a thresholds file; unknown metrics and fields raise ThresholdError."""
+    if path is None:
+        return Thresholds(None, ThresholdsFile())
+    path = Path(path)
+    if not path.is_file():
+        raise ThresholdError(f"thresholds file {path}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError, RecursionError) as exc:
+        raise ThresholdError(f"thresholds file {path}: cannot parse: {str(exc).splitlines()[0][:200]}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ThresholdError(f"thresholds file {path}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        spec = ThresholdsFile.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            lines.append(f"field {loc!r} = {_short(err.get('input'))}: {err['msg']}")
+        raise ThresholdError(f"thresholds file {path}:\n  - " + "\n  - ".join(lines)) from None
+    problems = [p for key in list(spec.thresholds) + list(spec.goal) if (p := _unknown_metric(key))]
+    if problems:
+        raise ThresholdError(f"thresholds file {path}:\n  - " + "\n  - ".join(problems))
+    return Thresholds(path, spec)
+
+
+def _unknown_metric(key: str) -> str | None:
+    """Why a `test.metric` key names nothing the benchmarks produce, or None."""
+    if "." not in key:
+        return f"metric {key!r}: expected TEST.METRIC, e.g. kv_cache.acceleration"
+    test, metric = key.rsplit(".", 1)
+    base = test.split("[", 1)[0]
+    if base not in METRICS:
+        return f"metric {key!r}: unknown benchmark {base!r}; allowed: {', '.join(METRICS)}{suggest(base, list(METRICS))}"
+    if metric not in METRICS[base]:
+        return (f"metric {key!r}: {base} has no metric {metric!r}; allowed: {', '.join(METRICS[base])}"
+                f"{suggest(metric, METRICS[base])}")
+    return None
+
+
+def judge(metric_name: str, bound: Bound, metric: dict[str, Any] | None, baseline_metric: dict[str, Any] | None,
+          config: str, is_baseline: bool) -> list[Verdict]:
+    """Every bound of one metric judged on one config's value (and the baseline's, for relative bounds)."""
+    stat = bound.stat or ("p50" if (metric or {}).get("kind") == "sample" else "value")
+    value = _stat(metric, stat)
+    unit = (metric or {}).get("unit", "")
+    label = f"{metric_name} {stat}"
+    shown = _show(value, metric, stat, unit)
+    verdicts = []
+    for kind, limit in (("min", bound.min), ("max", bound.max)):
+        if limit is None:
+            continue
+        if value is None:
+            verdicts.append(Verdict(metric_name, config, None, f"{label}: no value measured (bound {kind} {limit})"))
+            continue
+        ok = value >= limit if kind == "min" else value <= limit
+        verdicts.append(Verdict(metric_name, config, ok, f"{label} = {shown} {'>=' if kind == 'min' else '<='} "
+                                f"{limit:g} {unit} required: {'ok' if ok else 'FAILED'}", value, limit))
+    for kind, pct in (("max", bound.max_vs_baseline_pct), ("min", bound.min_vs_baseline_pct)):
+        if pct is None or (is_baseline and bound.skip_baseline):
+            continue
+        base = _stat(baseline_metric, stat)
+        if value is None or base is None:
+            verdicts.append(Verdict(metric_name, config, None, f"{label}: cannot judge vs baseline "
+                                    f"(value {shown}, baseline {'missing' if base is None else _fmt(base)})"))
+            continue
+        limit = base * (1 + pct / 100)
+        ok = value <= limit if kind == "max" else value >= limit
+        verdicts.append(Verdict(
+            metric_name, config, ok,
+            f"{label} = {shown} {'<=' if kind == 'max' else '>='} {_fmt(limit)} {unit} required "
+            f"(baseline {_fmt(base)} {unit} {pct:+g}%): {'ok' if ok else 'FAILED'}", value, limit, base))
+    return verdicts
+
+
+def _stat(metric: dict[str, Any] | None, stat: str) -> float | None:
+    """A statistic of a stored metric (value for derived numbers)."""
+    if not metric:
+        return None
+    if stat == "value" or metric.get("kind") != "sample":
+        return point_of(metric, "p50") if stat == "value" else metric.get(stat, point_of(metric))
+    return metric.get(stat)
+
+
+def _show(value: float | None, metric: dict[str, Any] | None, stat: str, unit: str) -> str:
+    """The value with its 95% CI when the statistic has one."""
+    if value is None:
+        return "n/a"
+    text = f"{_fmt(value)} {unit}".strip()
+    if metric and stat in ("p50", "value") and metric.get("ci_low") is not None:
+        text += f" [95% CI {_fmt(metric['ci_low'])}–{_fmt(metric['ci_high'])}]"
+    return text
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) < 80 else text[:77] + "..."
