@@ -1,0 +1,292 @@
+"""Tests of pytest_vllmgrid.server_metrics on vLLM-shaped /metrics samples in tests/data."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from pytest_vllmgrid.server_metrics import (
+    HistogramData,
+    MetricsSnapshot,
+    MetricsUnavailable,
+    diff,
+    fetch_metrics,
+    parse_metrics,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+def load(name: str, captured_at: float = 0.0) -> MetricsSnapshot:
+    """Parse one of the sample /metrics files."""
+    return parse_metrics((DATA / f"metrics_{name}.txt").read_text(), captured_at=captured_at)
+
+
+@pytest.fixture(scope="module")
+def before() -> MetricsSnapshot:
+    return load("before", captured_at=1000.0)
+
+
+@pytest.fixture(scope="module")
+def after() -> MetricsSnapshot:
+    return load("after", captured_at=1060.0)
+
+
+def test_counter_accepts_name_with_or_without_total(after: MetricsSnapshot) -> None:
+    assert after.counter("vllm:prefix_cache_queries_total") == 27952.0
+    assert after.counter("vllm:prefix_cache_queries") == 27952.0
+
+
+def test_counter_sums_label_sets_and_filters_by_label(after: MetricsSnapshot) -> None:
+    assert after.counter("vllm:request_success") == 24.0
+    assert after.counter("vllm:request_success", finished_reason="abort") == 1.0
+    assert after.counter("vllm:request_success", model_name="tiny", engine=0) == 24.0
+    assert after.counter("vllm:request_success", model_name="other") is None
+
+
+def test_missing_metric_is_none_not_an_error(after: MetricsSnapshot) -> None:
+    assert after.counter("vllm:no_such_counter") is None
+    assert after.histogram("vllm:no_such_histogram") is None
+    assert after.labels_of("vllm:no_such_info") == []
+
+
+def test_histogram_whose_name_ends_in_total_is_found(after: MetricsSnapshot) -> None:
+    # vllm:iteration_tokens_total is a histogram: the parser keeps its _total.
+    histogram = after.histogram("vllm:iteration_tokens_total")
+    assert histogram is not None and histogram.count == 115.0
+
+
+def test_asking_a_histogram_for_a_counter_is_a_usage_error(after: MetricsSnapshot) -> None:
+    with pytest.raises(ValueError, match="histogram"):
+        after.counter("vllm:time_to_first_token_seconds")
+
+
+def test_gauge_reads_current_value(after: MetricsSnapshot) -> None:
+    assert after.gauge("vllm:kv_cache_usage_perc") == pytest.approx(0.0025)
+    assert after.gauge("vllm:num_requests_waiting", engine="0") == 2.0
+
+
+def test_histogram_buckets_are_cumulative_and_end_at_inf(after: MetricsSnapshot) -> None:
+    ttft = after.histogram("vllm:time_to_first_token_seconds")
+    assert ttft is not None
+    assert ttft.buckets[-1] == (float("inf"), ttft.count)
+    counts = [count for _, count in ttft.buckets]
+    assert counts == sorted(counts)
+    assert ttft.count == 24.0 and 7.0 < ttft.sum < 8.0
+
+
+def test_cache_config_labels(after: MetricsSnapshot) -> None:
+    config = after.cache_config()
+    assert config is not None
+    assert config["block_size"] == "128"
+    assert config["enable_prefix_caching"] == "True"
+    assert after.labels_of("vllm:cache_config_info") == [config]
+
+
+def test_real_vllm_0_32_scrape_reads_the_prefix_cache_run_it_saw() -> None:
+    real = load("real_vllm_0_32")
+    # 6 MISS/HIT pairs of a 1325-token prompt: 12 queries, 6 hits of 10 full 128-token blocks.
+    assert real.counter("vllm:prefix_cache_queries") == 12 * 1325
+    assert real.counter("vllm:prefix_cache_hits_total") == 6 * 1280
+    assert real.counter("vllm:request_success", finished_reason="length") == 12
+    ttft = real.histogram("vllm:time_to_first_token_seconds", model_name="tiny")
+    assert ttft is not None and ttft.count == 12
+    assert real.cache_config() is not None and real.cache_config()["block_size"] == "128"
+    assert diff(real, real).requests_finished == 0
+
+
+def test_histogram_quantile_interpolates_within_bucket() -> None:
+    histogram = HistogramData(
+        buckets=[(0.1, 2.0), (0.2, 6.0), (0.5, 10.0), (float("inf"), 10.0)], sum=2.0, count=10.0
+    )
+    # p50: rank 5 lies in (0.1, 0.2] holding ranks 2..6 -> 0.1 + 0.1 * 3/4.
+    assert histogram.quantile(0.5) == pytest.approx(0.175)
+    # p90: rank 9 lies in (0.2, 0.5] holding ranks 6..10 -> 0.2 + 0.3 * 3/4.
+    assert histogram.quantile(0.9) == pytest.approx(0.425)
+    # p10: rank 1 lies in the first bucket, whose lower edge is 0.
+    assert histogram.quantile(0.1) == pytest.approx(0.05)
+    assert histogram.bucket_of(0.9) == (0.2, 0.5)
+    assert histogram.mean == pytest.approx(0.2)
+
+
+def test_histogram_quantile_in_inf_bucket_returns_highest_finite_bound() -> None:
+    histogram = HistogramData(buckets=[(1.0, 1.0), (float("inf"), 4.0)], sum=20.0, count=4.0)
+    assert histogram.quantile(0.9) == 1.0
+
+
+def test_empty_histogram_has_no_quantile() -> None:
+    assert (
+        HistogramData(buckets=[(1.0, 0.0), (float("inf"), 0.0)], sum=0, count=0).quantile(0.5)
+        is None
+    )
+
+
+def test_diff_reports_the_benchmark_between_scrapes(
+    before: MetricsSnapshot, after: MetricsSnapshot
+) -> None:
+    delta = diff(before, after)
+    # 21 requests of 1310 prompt tokens: 10 misses, 11 hits of 1280 tokens.
+    assert delta.interval_s == 60.0
+    assert delta.prefix_cache_queries == 21 * 1310
+    assert delta.prefix_cache_hits == 11 * 1280
+    assert delta.prefix_cache_hit_rate == pytest.approx(11 * 1280 / (21 * 1310))
+    assert delta.prompt_tokens_cached == 11 * 1280
+    assert delta.prompt_tokens == 21 * 1310
+    assert delta.generation_tokens == 20 * 4 + 2
+    assert delta.requests_finished == 21
+    assert delta.requests_finished_by_reason == {
+        "abort": 1,
+        "error": 0,
+        "length": 20,
+        "repetition": 0,
+        "stop": 0,
+    }
+    assert delta.preemptions == 1
+    assert not delta.counter_reset and delta.reset_evidence == []
+
+
+def test_diff_ttft_histogram_delta_separates_hits_from_misses(
+    before: MetricsSnapshot, after: MetricsSnapshot
+) -> None:
+    ttft = diff(before, after).ttft
+    assert ttft is not None and ttft.count == 21
+    # 11 hits fall in (0.04, 0.1] and 10 misses in (0.5, 0.75]: p50 is a hit, p90 a miss.
+    assert ttft.p50_bucket_s is not None and ttft.p50_bucket_s[1] <= 0.1
+    assert ttft.p90_bucket_s == (0.5, 0.75)
+    assert ttft.mean_s == pytest.approx(ttft.sum / 21)
+    assert 0.3 < ttft.mean_s < 0.4
+
+
+def test_diff_to_dict_is_json_ready(before: MetricsSnapshot, after: MetricsSnapshot) -> None:
+    data = diff(before, after).to_dict()
+    assert data["ttft"]["count"] == 21
+    assert data["e2e_latency"]["count"] == 21
+    assert data["requests_finished_by_reason"]["length"] == 20
+
+
+def test_diff_across_a_restart_flags_the_reset_and_uses_after_values(
+    after: MetricsSnapshot,
+) -> None:
+    restarted = load("restarted", captured_at=1200.0)
+    delta = diff(after, restarted)
+    assert delta.counter_reset
+    assert "process_start_time_seconds changed" in delta.reset_evidence
+    assert "vllm:prefix_cache_queries decreased" in delta.reset_evidence
+    assert delta.prefix_cache_queries == 18
+    assert delta.requests_finished == 1
+    assert delta.ttft is not None and delta.ttft.count == 1
+
+
+def test_reset_is_detected_from_created_series_alone() -> None:
+    def text(value: float, created: float) -> str:
+        return (
+            "# TYPE vllm:prefix_cache_queries_total counter\n"
+            f'vllm:prefix_cache_queries_total{{engine="0"}} {value}\n'
+            "# TYPE vllm:prefix_cache_queries_created gauge\n"
+            f'vllm:prefix_cache_queries_created{{engine="0"}} {created}\n'
+        )
+
+    # The restarted server already counted more than before: only _created reveals it.
+    delta = diff(parse_metrics(text(100, 1.0e9)), parse_metrics(text(300, 1.0e9 + 500)))
+    assert delta.counter_reset
+    assert delta.prefix_cache_queries == 300
+    assert delta.reset_evidence == ["vllm:prefix_cache_queries re-created"]
+
+
+def test_diff_on_older_vllm_uses_gpu_prefix_names_and_none_for_missing() -> None:
+    old = load("vllm_0_9")
+    later = parse_metrics(
+        (DATA / "metrics_vllm_0_9.txt")
+        .read_text()
+        .replace(
+            'vllm:gpu_prefix_cache_hits_total{engine="0",model_name="tiny"} 1280.0',
+            'vllm:gpu_prefix_cache_hits_total{engine="0",model_name="tiny"} 2560.0',
+        )
+        .replace(
+            'vllm:gpu_prefix_cache_queries_total{engine="0",model_name="tiny"} 2620.0',
+            'vllm:gpu_prefix_cache_queries_total{engine="0",model_name="tiny"} 3930.0',
+        )
+    )
+    delta = diff(old, later)
+    assert delta.prefix_cache_queries == 1310 and delta.prefix_cache_hits == 1280
+    assert delta.prompt_tokens_cached is None
+    assert delta.e2e_latency is None
+    assert delta.ttft is not None and delta.ttft.count == 0 and delta.ttft.p50_s is None
+    assert not delta.counter_reset
+
+
+def test_diff_of_a_server_without_vllm_metrics_is_all_none() -> None:
+    empty = parse_metrics("# TYPE up gauge\nup 1\n")
+    delta = diff(empty, empty)
+    assert delta.prefix_cache_queries is None
+    assert delta.prefix_cache_hit_rate is None
+    assert delta.requests_finished_by_reason is None
+    assert delta.ttft is None
+
+
+def test_hit_rate_is_none_without_queries(before: MetricsSnapshot) -> None:
+    assert diff(before, before).prefix_cache_hit_rate is None
+
+
+def test_parse_rejects_garbage_with_metrics_unavailable() -> None:
+    with pytest.raises(MetricsUnavailable, match="unparseable"):
+        parse_metrics("this is { not prometheus\n")
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    """Serves metrics_after.txt at /metrics, 404 elsewhere, and records the Authorization header."""
+
+    seen_authorization: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen_authorization.append(self.headers.get("Authorization"))
+        if self.path != "/metrics":
+            self.send_error(404)
+            return
+        body = (DATA / "metrics_after.txt").read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep test output quiet."""
+
+
+@pytest.fixture
+def metrics_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _MetricsHandler)
+    _MetricsHandler.seen_authorization = []
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_fetch_metrics_parses_the_endpoint_and_sends_bearer_key(metrics_server: str) -> None:
+    snapshot = fetch_metrics(f"{metrics_server}/metrics", api_key="sk-test-secret")
+    assert snapshot.counter("vllm:prefix_cache_hits") == 14208.0
+    assert _MetricsHandler.seen_authorization == ["Bearer sk-test-secret"]
+
+
+def test_fetch_metrics_http_error_is_metrics_unavailable_without_the_key(
+    metrics_server: str,
+) -> None:
+    with pytest.raises(MetricsUnavailable, match="HTTP 404") as raised:
+        fetch_metrics(f"{metrics_server}/nope", api_key="sk-test-secret")
+    assert "sk-test-secret" not in str(raised.value)
+    assert raised.value.url == f"{metrics_server}/nope"
+
+
+def test_fetch_metrics_connection_refused_is_metrics_unavailable() -> None:
+    with pytest.raises(MetricsUnavailable, match="ConnectError"):
+        fetch_metrics("http://127.0.0.1:9/metrics", timeout=2.0)
