@@ -46,5 +46,6 @@ def test_ttft(vllm_bench: BenchContext, prompt: str) -> None:
         m.add_value("server_ttft_p50_ms", server_ttft["p50_s"] * 1000, "ms", LOWER,
                     method="server histogram vllm:time_to_first_token_seconds, bucket-interpolated median")
     vllm_bench.finish(m, window)
+    vllm_bench.check_thresholds()
     assert ok, f"no request succeeded: {m.info['error_kinds']}"
     assert len(ok) == len(records), f"{len(records) - len(ok)} of {len(records)} requests failed: {m.info['error_kinds']}"

@@ -34,6 +34,9 @@ def vllm_config(request: pytest.FixtureRequest) -> ServerConfig:
 @pytest.fixture(scope="session")
 def vllm_deployment(vllm_config: ServerConfig, vllm_session: GridSession):
     """Deploy the config once for all its tests; always torn down before the next config deploys."""
+    reason = vllm_session.skip_for_goal(vllm_config)
+    if reason:
+        pytest.skip(reason)
     try:
         deployment = vllm_session.deploy(vllm_config)
     except DeploymentError as exc:

@@ -151,6 +151,7 @@ class GridFile(_Strict):
     extra_args: list[str] = []
     baseline: str | None = None
     stop_when_met: bool = False
+    phases: list[str] = Field(default_factory=list, description="phase names in run order (configs carry `phase`)")
     primary_metric: str | None = Field(None, description="metric the report ranks by, e.g. kv_cache.ttft_hit_ms")
     thresholds: str | None = Field(None, description="thresholds file, relative to the grid file")
     benchmarks: dict[str, Any] = Field(default_factory=dict, description="benchmark sizes (bench.BenchSettings)")
@@ -333,7 +334,14 @@ def load_grid(path: str | Path, *, model: str | None = None, baseline: str | Non
                         f"{', '.join(sorted(seen))}{suggest(baseline_name, list(seen))}")
     if problems:
         raise GridError(path, problems)
-    ordered = order_configs(resolved, baseline_name)
+    if spec.phases:
+        for cfg in resolved:
+            if cfg.phase is not None and cfg.phase not in spec.phases:
+                problems.append(f"config {cfg.name!r} field 'phase' = {cfg.phase!r}: not in `phases`; "
+                                f"allowed: {', '.join(spec.phases)}{suggest(cfg.phase, spec.phases)}")
+        if problems:
+            raise GridError(path, problems)
+    ordered = order_configs(resolved, baseline_name, spec.phases)
     return Grid(
         path=path, name=spec.name or path.stem, description=spec.description, deployer=spec.deployer,
         configs=tuple(ordered), baseline=baseline_name, spec=spec,
@@ -341,10 +349,12 @@ def load_grid(path: str | Path, *, model: str | None = None, baseline: str | Non
     )
 
 
-def order_configs(configs: list[ServerConfig], baseline: str) -> list[ServerConfig]:
-    """Baseline first, then by priority (lower first; none last), then file order."""
+def order_configs(configs: list[ServerConfig], baseline: str, phases: list[str] | None = None) -> list[ServerConfig]:
+    """Baseline first, then by phase (in `phases` order), priority (lower first; none last), file order."""
+    rank = {name: i for i, name in enumerate(phases or [])}
     marked = [ServerConfig(**{**c.__dict__, "is_baseline": c.name == baseline}) for c in configs]
-    return sorted(marked, key=lambda c: (not c.is_baseline, c.priority is None, c.priority or 0, c.index))
+    return sorted(marked, key=lambda c: (not c.is_baseline, rank.get(c.phase, len(rank)) if c.phase else len(rank),
+                                         c.priority is None, c.priority or 0, c.index))
 
 
 def _read_structured(path: Path) -> Any:

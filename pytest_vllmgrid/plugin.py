@@ -42,6 +42,10 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
     (["--vllm-thresholds"], "vllm_thresholds", "thresholds file (YAML/JSON); default: the grid's `thresholds:`", {}),
     (["--vllm-baseline-run"], "vllm_baseline_run", "judge relative thresholds against the baseline of this "
      "stored results directory instead of this run's", {}),
+    (["--vllm-dry-run"], "vllm_dry_run", "validate grid and thresholds, run the deployer's preflight, print each "
+     "config's exact command line and estimated duration; deploy nothing", {"action": "store_true"}),
+    (["--vllm-stop-when-met"], "vllm_stop_when_met", "skip the remaining configs once one meets the thresholds "
+     "file's `goal` (also the grid key stop_when_met)", {"action": "store_true"}),
     (["--vllm-resume", "--resume"], "vllm_resume", "resume an interrupted run in this results directory: "
      "configs complete with the same config hash are skipped", {}),
 ]
@@ -69,12 +73,20 @@ def _getopt(config: pytest.Config, dest: str):
     return value
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Forget this run's session (pytester runs several in one process)."""
+    gs = config.stash.get(STASH_KEY, None)
+    if gs in _PROGRESS_SESSIONS:
+        _PROGRESS_SESSIONS.remove(gs)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Create the run's session object and turn SIGTERM into a clean interrupt."""
     config.addinivalue_line("markers", "vllm_benchmark(name): a benchmark measured against each grid config")
     for _, dest, _, _ in _OPTIONS:  # fold ini values into the option namespace: one lookup everywhere
         setattr(config.option, dest, _getopt(config, dest))
     config.stash[STASH_KEY] = GridSession(config)
+    _PROGRESS_SESSIONS.append(config.stash[STASH_KEY])
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
 
@@ -115,6 +127,68 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     gs = config.stash[STASH_KEY]
     if not config.getoption("vllm_resume") or gs.grid is None:
         return
+    _deselect_completed(config, gs, items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Count each config's selected tests for the progress lines (not on xdist workers)."""
+    gs = session.config.stash[STASH_KEY]
+    if gs.grid is not None and not gs.is_worker:
+        gs.start_progress([item.nodeid for item in session.items])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
+    """Under xdist the controller learns the test ids from the workers."""
+    gs = node.config.stash[STASH_KEY]
+    if gs.progress is None and gs.grid is not None:
+        gs.start_progress(list(ids))
+
+
+def pytest_runtest_logstart(nodeid: str, location) -> None:
+    """A test starts: the first of a config means its server is being deployed."""
+    gs = _session_of_progress()
+    if gs is not None:
+        gs.progress.test_started(nodeid)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Progress: ready time, each benchmark's mark, the config's end and the ETA."""
+    gs = _session_of_progress()
+    if gs is None:
+        return
+    props = dict(report.user_properties)
+    outcome = "error" if report.when == "setup" and report.failed else report.outcome
+    gs.progress.test_finished(report.nodeid, report.when, outcome, props.get("vllmgrid_deploy"),
+                              props.get("vllmgrid_headline"))
+
+
+_PROGRESS_SESSIONS: list = []
+
+
+def _session_of_progress():
+    """The GridSession whose progress is being shown in this process, if any."""
+    gs = _PROGRESS_SESSIONS[-1] if _PROGRESS_SESSIONS else None
+    return gs if gs is not None and gs.progress is not None else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    """--vllm-dry-run: preflight, print each selected config's plan and estimate, run nothing."""
+    config = session.config
+    if not config.getoption("vllm_dry_run"):
+        return None
+    gs = config.stash[STASH_KEY]
+    if gs.grid is None:
+        return True
+    names = {c.name for item in session.items if (c := _item_config(item)) is not None}
+    for line in gs.dry_run_lines(names, tests=len(session.items)):
+        gs._terminal_line(line)
+    return True
+
+
+def _deselect_completed(config: pytest.Config, gs, items: list[pytest.Item]) -> None:
+    """Drop the tests of configs whose stored result is complete with the same config hash."""
     gs.results_root()
     done = gs.store.completed_hashes() if gs.store else {}
     skip_names = {c.name for c in gs.grid.configs if done.get(c.name) == c.config_hash()}
@@ -146,6 +220,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if cfg is None:
         return
     gs = item.config.stash[STASH_KEY]
+    run = gs.runs.get(cfg.name)
+    if report.when == "setup" and run is not None and run.deployment is not None and not run.reported:
+        run.reported = True
+        report.user_properties.append(("vllmgrid_deploy", {
+            "startup_time_seconds": round(run.deployment.startup_seconds, 1)}))
     if report.when == "call" or (report.when == "setup" and not report.passed):
         status = "passed" if report.passed else ("skipped" if report.skipped else
                                                  ("failed" if report.when == "call" else "error"))

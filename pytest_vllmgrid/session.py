@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pytest_vllmgrid.deploy import DeployOptions, make_deployer
 from pytest_vllmgrid.deploy.base import Deployer, DeploymentError, Deployment
 from pytest_vllmgrid.deploy.owned import OwnedProcesses
 from pytest_vllmgrid.grid import Grid, GridError, ServerConfig, load_grid
+from pytest_vllmgrid.progress import Progress, config_of_nodeid, fmt_duration
 from pytest_vllmgrid.telemetry import AlertThresholds
 from pytest_vllmgrid.thresholds import ThresholdError, Thresholds, load_thresholds
 from pytest_vllmgrid.results import ResultsStore, default_results_dir, now_iso
@@ -44,7 +46,7 @@ class ConfigRun:
     deployment: Deployment | None = None
     error: DeploymentError | None = None
     started: float = field(default_factory=time.monotonic)
-    outcomes: dict[str, str] = field(default_factory=dict)
+    reported: bool = False
 
 
 class GridSession:
@@ -62,6 +64,8 @@ class GridSession:
         self.is_worker = hasattr(config, "workerinput")
         self._bench: BenchSettings | None = None
         self._thresholds: Thresholds | None = None
+        self.progress: Progress | None = None
+        self.goal_met_by: str | None = None
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -153,6 +157,46 @@ class GridSession:
             self.deployer = deployer
         return self.deployer
 
+    def start_progress(self, nodeids: list[str]) -> None:
+        """Set up the live progress lines for the selected tests."""
+        grid = self.load()
+        counts: dict[str, int] = {}
+        for nodeid in nodeids:
+            name = config_of_nodeid(nodeid, grid.names)
+            if name:
+                counts[name] = counts.get(name, 0) + 1
+        if not counts:
+            return
+        opt = self.pytest_config.getoption
+        workers = getattr(self.pytest_config.option, "numprocesses", None) or 1
+        self.progress = Progress(grid.names, counts, self._terminal_line, verbosity=opt("verbose"),
+                                 workers=workers if isinstance(workers, int) else 1)
+
+    def dry_run_lines(self, selected: set[str], tests: int) -> list[str]:
+        """--vllm-dry-run: preflight, then each selected config's exact plan and an estimate."""
+        grid = self.load()
+        self.bench_settings()
+        self.thresholds()
+        deployer = self.get_deployer()
+        configs = [c for c in grid.configs if c.name in selected]
+        per_config_tests = max(1, tests // max(1, len(configs)))
+        startup, per_test, basis = estimate_durations(Path(self.pytest_config.rootpath) / "results")
+        lines = [f"vllmgrid dry run: grid {grid.path} is valid; thresholds "
+                 f"{self.thresholds().path or '(none)'} are valid; {grid.deployer} preflight passed",
+                 f"{len(configs)} config(s), {tests} benchmark(s); estimates from {basis}"]
+        total = 0.0
+        for i, cfg in enumerate(configs, 1):
+            plan = deployer.plan(cfg)
+            estimate = startup + per_test * per_config_tests
+            total += estimate
+            lines.append(f"[{i}/{len(configs)}] {cfg.name}{' (baseline)' if cfg.is_baseline else ''}: "
+                         f"~{fmt_duration(estimate)}")
+            for key, value in plan.items():
+                shown = shlex.join(value) if key == "command" and isinstance(value, list) else value
+                lines.append(f"    {key}: {shown}")
+        lines.append(f"estimated total: {fmt_duration(total)}")
+        return lines
+
     # ---- per config --------------------------------------------------------------------------
 
     def deploy(self, cfg: ServerConfig) -> Deployment:
@@ -161,6 +205,8 @@ class GridSession:
             raise DeploymentError(f"skipped: the baseline {self.baseline_failed!r} could not deploy",
                                   config_name=cfg.name, kind="baseline_failed")
         store = self._store()
+        if not self.runs and not self.is_worker:
+            self.write_manifest("running")
         run = self.runs[cfg.name] = ConfigRun(cfg)
         store.reset_config(cfg.name, cfg.to_dict())
         try:
@@ -201,6 +247,28 @@ class GridSession:
                 data["status"] = "complete"
             data["wall_seconds"] = round(time.monotonic() - run.started, 2)
         self._store().update_config(cfg.name, settle)
+        if run.error is None and not interrupted:
+            self.check_goal(cfg)
+
+    def check_goal(self, cfg: ServerConfig) -> None:
+        """After a config: if stop-when-met is on and it meets every goal bound, remember it."""
+        opt = self.pytest_config.getoption
+        if self.goal_met_by or cfg.is_baseline or not (opt("vllm_stop_when_met") or self.load().spec.stop_when_met):
+            return
+        goal = self.thresholds().spec.goal
+        data = self._store().load_config(cfg.name) or {}
+        if goal and goal_met(goal, data):
+            self.goal_met_by = cfg.name
+            self._terminal_line(f"vllmgrid: goal met by {cfg.name} ({', '.join(goal)}): remaining configs are skipped")
+
+    def skip_for_goal(self, cfg: ServerConfig) -> str | None:
+        """The skip reason when an earlier config met the goal; recorded in the results."""
+        if not self.goal_met_by:
+            return None
+        reason = f"goal met by {self.goal_met_by}"
+        self._store().reset_config(cfg.name, cfg.to_dict())
+        self._store().update_config(cfg.name, lambda d: d.update(status="skipped", skip_reason=reason))
+        return reason
 
     def teardown_all(self) -> None:
         """Stop every server still up (end of session, Ctrl+C)."""
@@ -278,6 +346,32 @@ def _record_failed_deploy(data: dict[str, Any], exc: DeploymentError) -> None:
     data["deployment"] = {"status": "failed", "startup_time_seconds": None, "health_check_attempts": None,
                           "error": exc.to_dict()}
     data["errors"].append({"time": now_iso(), "message": exc.summary()})
+
+
+def goal_met(goal: list[str], data: dict[str, Any]) -> bool:
+    """Every goal metric was judged on this config and all its bounds passed."""
+    verdicts = [v for test in (data.get("tests") or {}).values() for v in test.get("thresholds") or []]
+    for metric in goal:
+        test, name = metric.rsplit(".", 1)
+        mine = [v for v in verdicts if v["metric"].rsplit(".", 1)[1] == name
+                and v["metric"].rsplit(".", 1)[0].split("[", 1)[0] in (test, test.split("[", 1)[0])]
+        if not mine or not all(v["passed"] is True for v in mine):
+            return False
+    return True
+
+
+def estimate_durations(results_base: Path) -> tuple[float, float, str]:
+    """(startup s, seconds per benchmark, basis): from the latest stored run, else conservative defaults."""
+    runs = sorted((p for p in results_base.glob("*/manifest.json")), key=lambda p: p.stat().st_mtime)
+    for manifest in reversed(runs):
+        store = ResultsStore(manifest.parent)
+        configs = [c for c in store.all_configs().values() if c.get("status") == "complete"]
+        startups = [c["deployment"].get("startup_time_seconds") for c in configs
+                    if c["deployment"].get("startup_time_seconds")]
+        per_test = [t.get("duration_s") for c in configs for t in (c.get("tests") or {}).values() if t.get("duration_s")]
+        if startups and per_test:
+            return (sum(startups) / len(startups), sum(per_test) / len(per_test), f"the run in {manifest.parent}")
+    return (60.0, 30.0, "defaults (60 s startup, 30 s per benchmark; no earlier run found)")
 
 
 def server_version(deployment: Deployment) -> str | None:

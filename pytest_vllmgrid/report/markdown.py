@@ -86,8 +86,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["", "## Failures and anomalies", ""]
     failed_tests = [(r["name"], k, t) for r in report["configs"] for k, t in r["tests"].items()
                     if t["status"] in ("failed", "error")]
-    if not report["failed"] and not failed_tests and not any(r["warnings"] for r in report["configs"]):
+    if not report["failed"] and not failed_tests and not any(r["warnings"] for r in report["configs"]) \
+            and not report.get("skipped"):
         out.append("- none")
+    for item in report.get("skipped", []):
+        out.append(f"- {item['name']}: not run ({item['reason']})")
     for item in report["failed"]:
         out.append(f"- **{item['name']}**: {item['reason']}")
     for name, key, test in failed_tests:

@@ -39,6 +39,7 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
         "columns": columns,
         "configs": ranked,
         "failed": [{"name": r["name"], "reason": r["failure"]} for r in ranked if r["failure"]],
+        "skipped": [{"name": r["name"], "reason": r["skip_reason"]} for r in ranked if r["skip_reason"]],
     }
     report["optimal"] = _optimal(report)
     report["tradeoffs"] = _tradeoffs(report)
@@ -69,7 +70,8 @@ def _config_row(name: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "status": data.get("status"), "params": data.get("config_params", {}),
             "config_hash": data.get("config_hash"), "server_version": data.get("server_version"),
             "startup_s": deployment.get("startup_time_seconds"), "tests": tests, "metrics": metrics,
-            "samples": samples, "warnings": warnings, "failure": failure, "errors": data.get("errors", [])}
+            "samples": samples, "warnings": warnings, "failure": failure, "errors": data.get("errors", []),
+            "skip_reason": data.get("skip_reason")}
 
 
 def _add_vs_baseline(row: dict[str, Any], base: dict[str, Any] | None) -> None:
