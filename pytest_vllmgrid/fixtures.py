@@ -78,7 +78,9 @@ def vllm_bench(request: pytest.FixtureRequest, vllm_endpoint: Endpoint, vllm_con
                vllm_record: Callable[[dict[str, Any]], None]):
     """Settings, a streaming client, /metrics windows, GPU telemetry and recording for one benchmark."""
     settings = vllm_session.bench_settings()
-    devices = vllm_config.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+    gpus = vllm_session.gpu_set()
+    devices = ",".join(gpus) if gpus is not None else vllm_config.env.get(
+        "CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
     sampler = TelemetrySampler(interval_s=settings.telemetry_interval_s, devices=devices).start()
     key = result_key(request.node)
     rules = vllm_session.thresholds()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_vllmgrid import gate
 from pytest_vllmgrid.results import result_key
 from pytest_vllmgrid.session import INTERRUPTED, STASH_KEY, STOP_REASON, GridSession
 
@@ -46,8 +47,17 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
      "config's exact command line and estimated duration; deploy nothing", {"action": "store_true"}),
     (["--vllm-stop-when-met"], "vllm_stop_when_met", "skip the remaining configs once one meets the thresholds "
      "file's `goal` (also the grid key stop_when_met)", {"action": "store_true"}),
+    (["--vllm-gpus-per-config"], "vllm_gpus_per_config", "with pytest -n N: GPUs each worker's server gets, "
+     "a disjoint slice of CUDA_VISIBLE_DEVICES (or NVML's list)", {"type": int}),
+    (["--vllm-port-base"], "vllm_port_base", "with pytest -n N: worker gwI serves on ports BASE+100*I..+99 "
+     "(default 20000)", {"type": int}),
     (["--vllm-resume", "--resume"], "vllm_resume", "resume an interrupted run in this results directory: "
      "configs complete with the same config hash are skipped", {}),
+    (["--vllm-compare"], "vllm_compare", "regression gate: compare every benchmark with the same config/test of "
+     "this stored results directory (a comparison table is printed)", {}),
+    (["--vllm-compare-fail"], "vllm_compare_fail", "regression gate METRIC:PCT (repeatable), e.g. ttft_p50:10%, "
+     "throughput:5%, ttft[long].ttft_ms:p95:15%: fail a benchmark whose metric is worse than --vllm-compare's by "
+     "more than PCT and significantly (bootstrap CI of the change on the raw samples)", {"action": "append"}),
 ]
 
 
@@ -86,6 +96,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for _, dest, _, _ in _OPTIONS:  # fold ini values into the option namespace: one lookup everywhere
         setattr(config.option, dest, _getopt(config, dest))
     config.stash[STASH_KEY] = GridSession(config)
+    gate.configure_gate(config)
+    if config.getoption("htmlpath", None):
+        from pytest_vllmgrid.report.html import PytestHtmlSections
+
+        config.pluginmanager.register(PytestHtmlSections(config), "vllmgrid-html")
     _PROGRESS_SESSIONS.append(config.stash[STASH_KEY])
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
@@ -122,12 +137,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                          scope="session", indirect=True)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """With pytest -n N, keep every test of one config on one worker (xdist --dist loadgroup)."""
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") in ("no", "load"):
+        config.option.dist = "loadgroup"
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On --resume, deselect configs already complete with the same config hash."""
+    """Group a config's tests for xdist; on --resume, deselect configs already complete."""
     gs = config.stash[STASH_KEY]
-    if not config.getoption("vllm_resume") or gs.grid is None:
+    if gs.grid is None:
         return
-    _deselect_completed(config, gs, items)
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            cfg = _item_config(item)
+            if cfg is not None:
+                item.add_marker(pytest.mark.xdist_group(cfg.name))
+    if config.getoption("vllm_resume"):
+        _deselect_completed(config, gs, items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist controller: every worker writes into the controller's results directory."""
+    gs = node.config.stash[STASH_KEY]
+    node.workerinput["vllm_results_dir"] = str(gs.results_path())
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -211,6 +246,16 @@ def _item_config(item: pytest.Item):
     return callspec.params.get("vllm_config") if callspec else None
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """After a benchmark passed, fail it when --vllm-compare finds a significant regression."""
+    result = yield
+    cfg = _item_config(item)
+    if cfg is not None:
+        gate.check_regression(item.config, item.config.stash[STASH_KEY].store, cfg.name, result_key(item))
+    return result
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """Store each benchmark's outcome with its config; stop the run if the baseline failed."""
@@ -253,11 +298,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         config.stash[INTERRUPTED] = True
     gs.teardown_all()
-    if gs.grid is None or gs.store is None or gs.is_worker:
+    if gs.is_worker:
+        return
+    if gs.store is None and gs._results_path is not None and any(gs._results_path.glob("*.json")):
+        gs.load()
+        gs.results_root()  # xdist controller: the workers filled it
+    if gs.grid is None or gs.store is None:
         return
     status = "interrupted" if config.stash.get(INTERRUPTED, False) else (
         "failed" if config.stash.get(STOP_REASON, None) else "complete")
     gs.write_manifest(status)
+    gate.record_run(config, gs.store)
     from pytest_vllmgrid.report import write_reports
 
     config.stash[REPORT_PATHS] = write_reports(gs.store, gs.grid)
@@ -282,3 +333,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(f"run stopped: {reason}", red=True)
     for kind, path in paths.items():
         terminalreporter.write_line(f"{kind} report: {Path(path)}")
+    for line, bad in gate.terminal_lines(config, gs.store):
+        terminalreporter.write_line(line, red=bad)

@@ -15,6 +15,7 @@ MARKS = {"passed": "✓", "failed": "✗", "error": "E", "skipped": "s"}
 
 def config_of_nodeid(nodeid: str, names: list[str]) -> str | None:
     """The grid config a test id runs against (ids carry the config name among their params)."""
+    nodeid = nodeid.split("@", 1)[0]  # xdist loadgroup appends "@group"
     if "[" not in nodeid:
         return None
     params = nodeid.rsplit("[", 1)[1].rstrip("]")
@@ -26,7 +27,7 @@ def config_of_nodeid(nodeid: str, names: list[str]) -> str | None:
 
 def short_test_name(nodeid: str, config: str) -> str:
     """`test_ttft[baseline-short]` -> `ttft[short]`."""
-    func = nodeid.split("::")[-1]
+    func = nodeid.split("@", 1)[0].split("::")[-1]
     base, _, params = func.partition("[")
     base = base[5:] if base.startswith("test_") else base
     rest = [p for p in params.rstrip("]").replace(config, "", 1).split("-") if p]

@@ -26,6 +26,7 @@ from pytest_vllmgrid.thresholds import ThresholdError, Thresholds, load_threshol
 from pytest_vllmgrid.results import ResultsStore, default_results_dir, now_iso
 
 DEFAULT_GRID = "cpu-tiny.yaml"
+BASELINE_WAIT_S = 3600.0
 
 
 def packaged_default_grid() -> Path:
@@ -62,6 +63,7 @@ class GridSession:
         self.baseline_failed: str | None = None
         self.started_wall = now_iso()
         self.is_worker = hasattr(config, "workerinput")
+        self._results_path: Path | None = None
         self._bench: BenchSettings | None = None
         self._thresholds: Thresholds | None = None
         self.progress: Progress | None = None
@@ -111,16 +113,52 @@ class GridSession:
         rules = self.thresholds().spec.telemetry
         return AlertThresholds(vram_pct=rules.vram_pct, temp_c=rules.temp_c, min_util_pct=rules.min_util_pct)
 
-    def results_root(self) -> Path:
-        """The results directory of this run (made on first use)."""
-        if self.store is None:
+    def results_path(self) -> Path:
+        """The results directory of this run (chosen once; a worker takes the controller's)."""
+        if self.store is not None:
+            return self.store.root
+        if self._results_path is None:
             opt = self.pytest_config.getoption
             workerinput = getattr(self.pytest_config, "workerinput", {})
             chosen = workerinput.get("vllm_results_dir") or opt("vllm_resume") or opt("vllm_results_dir")
-            root = Path(chosen) if chosen else default_results_dir(Path(self.pytest_config.rootpath))
+            self._results_path = Path(chosen) if chosen else default_results_dir(Path(self.pytest_config.rootpath))
+        return self._results_path
+
+    def results_root(self) -> Path:
+        """The results directory of this run (made on first use)."""
+        if self.store is None:
+            root = self.results_path()
             root.mkdir(parents=True, exist_ok=True)
             self.store = ResultsStore(root)
         return self.store.root
+
+    @property
+    def worker_index(self) -> int:
+        """0 without xdist; N for worker gwN."""
+        workerid = getattr(self.pytest_config, "workerinput", {}).get("workerid", "gw0")
+        return int(workerid[2:]) if workerid[2:].isdigit() else 0
+
+    def gpu_set(self) -> list[str] | None:
+        """This worker's GPUs (--vllm-gpus-per-config K): a disjoint slice of the visible devices."""
+        per = self.pytest_config.getoption("vllm_gpus_per_config")
+        if not per:
+            return None
+        devices = visible_devices()
+        first = self.worker_index * int(per)
+        chosen = devices[first:first + int(per)]
+        if len(chosen) < int(per):
+            raise pytest.UsageError(
+                f"--vllm-gpus-per-config {per}: worker {self.worker_index} needs devices {first}..{first + int(per) - 1}"
+                f" but only {len(devices)} are visible ({', '.join(devices) or 'none'}); use fewer workers (-n) "
+                "or fewer GPUs per config")
+        return chosen
+
+    def port_range(self) -> tuple[int, int] | None:
+        """Under xdist, a disjoint port range per worker; None = any free port."""
+        if not hasattr(self.pytest_config, "workerinput"):
+            return None
+        base = int(self.pytest_config.getoption("vllm_port_base") or 20000)
+        return (base + 100 * self.worker_index, base + 100 * self.worker_index + 99)
 
     def deploy_options(self) -> DeployOptions:
         """DeployOptions from the command line, ini and grid."""
@@ -138,6 +176,7 @@ class GridSession:
             compose_env_file=opt("vllm_compose_env_file") or (compose.env_file if compose else None),
             min_free_disk_gb=float(opt("vllm_min_free_disk_gb")), restore=opt("vllm_restore"),
             endpoint_url=opt("vllm_endpoint_url") or (grid.spec.endpoint.base_url if grid.spec.endpoint else None),
+            gpu_devices=self.gpu_set(), port_range=self.port_range(),
         )
 
     def get_deployer(self) -> Deployer:
@@ -300,11 +339,23 @@ class GridSession:
         return self._thresholds
 
     def baseline_metrics(self, test_key: str) -> dict[str, Any] | None:
-        """The baseline config's stored metrics for a test (this run, or --vllm-baseline-run DIR)."""
+        """The baseline config's stored metrics for a test (this run, or --vllm-baseline-run DIR).
+
+        Under pytest-xdist the baseline may still be running on another worker: wait for its result
+        (bounded), but only once its file exists — a baseline not yet started could be queued behind
+        this very worker, and waiting for it would deadlock.
+        """
         other = self.pytest_config.getoption("vllm_baseline_run")
         store = ResultsStore(Path(other)) if other else self._store()
-        data = store.load_config(self.load().baseline) or {}
-        return ((data.get("tests") or {}).get(test_key) or {}).get("measurement", {}).get("metrics")
+        name = self.load().baseline
+        deadline = time.monotonic() + (BASELINE_WAIT_S if self.is_worker and not other else 0)
+        while True:
+            data = store.load_config(name)
+            metrics = (((data or {}).get("tests") or {}).get(test_key) or {}).get("measurement", {}).get("metrics")
+            final = data is None or data.get("status") in ("complete", "failed", "interrupted", "skipped")
+            if metrics is not None or final or time.monotonic() > deadline:
+                return metrics
+            time.sleep(1.0)
 
     def record_outcome(self, cfg_name: str, test_key: str, outcome: str, message: str | None,
                        duration_s: float) -> None:
@@ -346,6 +397,19 @@ def _record_failed_deploy(data: dict[str, Any], exc: DeploymentError) -> None:
     data["deployment"] = {"status": "failed", "startup_time_seconds": None, "health_check_attempts": None,
                           "error": exc.to_dict()}
     data["errors"].append({"time": now_iso(), "message": exc.summary()})
+
+
+def visible_devices() -> list[str]:
+    """GPUs this run may use: CUDA_VISIBLE_DEVICES entries when set, else NVML's device list."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    try:
+        from pytest_vllmgrid.telemetry import list_devices
+
+        return [str(d.index) for d in list_devices()]
+    except Exception:  # no driver: a CPU machine has no GPU sets
+        return []
 
 
 def goal_met(goal: list[str], data: dict[str, Any]) -> bool:

@@ -7,7 +7,7 @@ process group, readiness polling, teardown) in seconds instead of a 40 s vLLM st
 
 Environment: FAKE_VLLM_MODE (a fault_server mode, default ok), FAKE_VLLM_EVENTS (a file that gets
 "start NAME" / "stop NAME" lines), FAKE_VLLM_STARTUP_S (delay before listening), FAKE_VLLM_EXIT
-(print a vLLM-like argparse error and exit 2 at once), FAKE_VLLM_TTFT_MS, FAKE_NAME (the label
+(print a vLLM-like argparse error and exit 2 at once), FAKE_VLLM_TTFT_MS, FAKE_VLLM_RECORD_CUDA (add the CUDA_VISIBLE_DEVICES it got to the start event), FAKE_NAME (the label
 events use; grids set it per config through `env`).
 """
 
@@ -48,7 +48,8 @@ def main() -> None:
         print(f"vllm: error: unrecognized arguments: {os.environ['FAKE_VLLM_EXIT']}", flush=True)
         sys.exit(2)
     label = os.environ.get("FAKE_NAME", name)
-    _event(f"start {label}")
+    cuda = f" cuda={os.environ.get('CUDA_VISIBLE_DEVICES', '')}" if os.environ.get("FAKE_VLLM_RECORD_CUDA") else ""
+    _event(f"start {label}{cuda}")
 
     def on_term(signum, frame) -> None:
         _event(f"stop {label}")

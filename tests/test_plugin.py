@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from pytest_vllmgrid.progress import config_of_nodeid
+
 from conftest import REPO, fake_grid, read_events, servers_using
 
 TWO_TESTS = """
@@ -57,7 +59,7 @@ def test_collect_only_lists_every_benchmark_once_per_seed_config():
     seed_names = json.loads((REPO / "configs" / "grid.json").read_text())
     names = [c["name"] for c in seed_names["configs"]]
     assert len(names) == 12
-    per_config = {n: [i for i in ids if f"[{n}]" in i or f"[{n}-" in i] for n in names}
+    per_config = {n: [i for i in ids if config_of_nodeid(i, names) == n] for n in names}
     counts = {len(v) for v in per_config.values()}
     assert len(counts) == 1 and counts.pop() > 0, per_config
     assert len(ids) == sum(len(v) for v in per_config.values())

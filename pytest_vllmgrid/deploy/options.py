@@ -23,3 +23,5 @@ class DeployOptions:
     min_free_disk_gb: float = 5.0
     restore: bool = False
     endpoint_url: str | None = None
+    gpu_devices: list[str] | None = None  # this worker's CUDA_VISIBLE_DEVICES (scale-out)
+    port_range: tuple[int, int] | None = None  # this worker's ports (scale-out); None = any free port

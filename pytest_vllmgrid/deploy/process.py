@@ -31,11 +31,17 @@ BASE_ENV = {
 STOP_GRACE_S = 15.0
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def free_port(host: str = "127.0.0.1", port_range: tuple[int, int] | None = None) -> int:
+    """A TCP port nobody listens on right now (inside `port_range` when given)."""
+    candidates = range(port_range[0], port_range[1] + 1) if port_range else [0]
+    for candidate in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, candidate))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise DeploymentError(f"no free port on {host} in {port_range[0]}-{port_range[1]}", kind="port_in_use")
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -84,6 +90,8 @@ class ProcessDeployer:
     def environment(self, config: ServerConfig) -> dict[str, str]:
         """The server's environment: ours, the offline switches, the grid's, and the API key."""
         env = {**os.environ, **BASE_ENV, **config.env}
+        if self.options.gpu_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.options.gpu_devices)
         if self.options.api_key:
             env["VLLM_API_KEY"] = self.options.api_key
         if self.options.cache_root:
@@ -105,7 +113,7 @@ class ProcessDeployer:
         if config.model != TINY_MODEL and model_path.startswith(("/", ".", "~")) and not Path(model_path).exists():
             raise DeploymentError(f"model path {model_path!r} does not exist", config_name=config.name,
                                   kind="model_missing")
-        port = config.port or free_port(config.host)
+        port = config.port or free_port(config.host, self.options.port_range)
         if port_in_use(config.host, port):
             raise DeploymentError(f"port {port} on {config.host} is already in use by another process",
                                   config_name=config.name, kind="port_in_use")

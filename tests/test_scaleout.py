@@ -1,0 +1,75 @@
+"""pytest-xdist scale-out: one config per worker, disjoint GPU sets and ports, one report."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import fake_grid
+
+pytest.importorskip("xdist")
+
+RECORD_ENV = """
+import os, json
+def test_env(vllm_endpoint, vllm_config, tmp_path_factory):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "none")
+    port = int(vllm_endpoint.base_url.rsplit(":", 1)[1])
+    out = tmp_path_factory.getbasetemp().parent.parent / f"seen-{vllm_config.name}.json"
+    out.write_text(json.dumps({"worker": worker, "port": port}))
+
+def test_second(vllm_endpoint):
+    pass
+"""
+
+
+def configs(*names: str) -> list[dict]:
+    return [{"name": n, "env": {"FAKE_NAME": n}} for n in names]
+
+
+def test_each_config_runs_on_one_worker_with_disjoint_gpu_sets(pytester, write_grid, events_file, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    monkeypatch.setenv("FAKE_VLLM_RECORD_CUDA", "1")
+    grid = write_grid(fake_grid(configs("base", "a", "b", "c"), baseline="base"))
+    pytester.makepyfile(test_x=RECORD_ENV)
+    result = pytester.runpytest_subprocess("--grid", str(grid), "-n", "2", "--vllm-gpus-per-config", "2",
+                                           "--results-dir", "out", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=8)
+    starts = [line.split() for line in events_file.read_text().splitlines() if line.startswith("start")]
+    cuda_by_config = {parts[1]: parts[2] for parts in starts}
+    assert set(cuda_by_config) == {"base", "a", "b", "c"}
+    assert set(cuda_by_config.values()) == {"cuda=0,1", "cuda=2,3"}
+    workers = {}
+    for name in cuda_by_config:
+        seen = json.loads((pytester.path.parent.parent / f"seen-{name}.json").read_text()) \
+            if (pytester.path.parent.parent / f"seen-{name}.json").exists() else None
+        if seen:
+            workers.setdefault(seen["worker"], set()).add(cuda_by_config[name])
+    assert all(len(sets) == 1 for sets in workers.values()), workers  # a worker keeps its own GPU set
+
+
+def test_workers_use_disjoint_port_ranges_and_one_report_aggregates_all(pytester, write_grid):
+    grid = write_grid(fake_grid(configs("base", "a", "b"), baseline="base"))
+    pytester.makepyfile(test_x=RECORD_ENV)
+    result = pytester.runpytest_subprocess("--grid", str(grid), "-n", "2", "--vllm-port-base", "31000",
+                                           "--results-dir", "out", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6)
+    ports = {}
+    for name in ("base", "a", "b"):
+        data = json.loads((pytester.path / "out" / f"{name}.json").read_text())
+        assert data["status"] == "complete"
+        ports[name] = data["deployment"]["port"]
+    assert all(31000 <= p < 31200 for p in ports.values())
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert {c["name"] for c in report["configs"]} == {"base", "a", "b"}
+    assert json.loads((pytester.path / "out" / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_too_few_gpus_for_the_workers_is_a_clear_error(pytester, write_grid, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    grid = write_grid(fake_grid(configs("base", "a"), baseline="base"))
+    pytester.makepyfile(test_x="def test_x(vllm_endpoint): pass")
+    result = pytester.runpytest_subprocess("--grid", str(grid), "-n", "2", "--vllm-gpus-per-config", "1",
+                                           "-p", "no:cacheprovider")
+    assert re.search(r"only 1 are visible", result.stdout.str() + result.stderr.str())
