@@ -120,7 +120,10 @@ class GridSession:
         if self._results_path is None:
             opt = self.pytest_config.getoption
             workerinput = getattr(self.pytest_config, "workerinput", {})
-            chosen = workerinput.get("vllm_results_dir") or opt("vllm_resume") or opt("vllm_results_dir")
+            resume = opt("vllm_resume")
+            if resume == "latest":
+                resume = latest_unfinished_run(Path(self.pytest_config.rootpath) / "results")
+            chosen = workerinput.get("vllm_results_dir") or resume or opt("vllm_results_dir")
             self._results_path = Path(chosen) if chosen else default_results_dir(Path(self.pytest_config.rootpath))
         return self._results_path
 
@@ -397,6 +400,16 @@ def _record_failed_deploy(data: dict[str, Any], exc: DeploymentError) -> None:
     data["deployment"] = {"status": "failed", "startup_time_seconds": None, "health_check_attempts": None,
                           "error": exc.to_dict()}
     data["errors"].append({"time": now_iso(), "message": exc.summary()})
+
+
+def latest_unfinished_run(results_base: Path) -> str:
+    """The newest results directory whose run did not complete (for a bare --resume)."""
+    manifests = sorted(results_base.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for manifest in manifests:
+        status = (ResultsStore(manifest.parent).manifest() or {}).get("status")
+        if status != "complete":
+            return str(manifest.parent)
+    raise pytest.UsageError(f"--resume: no unfinished run under {results_base}; pass the directory explicitly")
 
 
 def visible_devices() -> list[str]:

@@ -94,3 +94,28 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except (ProcessLookupError, PermissionError):
         return None
+
+
+def test_two_workers_run_two_real_servers_at_once_and_one_report(tmp_path):
+    """pytest -n 2 on the default CPU grid: distinct ports, overlapping lifetimes, one complete report."""
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks/test_ttft.py", "-n", "2", "-k", "short",
+         "--results-dir", str(out), "-p", "no:cacheprovider", "--vllm-bench", "repetitions=4", "--vllm-warmup", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    configs = {name: json.loads((out / f"{name}.json").read_text())
+               for name in ("baseline", "prefix_caching", "chunked_prefill")}
+    assert all(c["status"] == "complete" for c in configs.values())
+    ports = {c["deployment"]["port"] for c in configs.values()}
+    assert len(ports) == 3
+    spans = sorted((_epoch(c["timestamp"]), _epoch(c["updated"])) for c in configs.values())
+    assert any(a[1] > b[0] for a, b in zip(spans, spans[1:])), f"no two servers overlapped: {spans}"
+    report = json.loads((out / "report.json").read_text())
+    assert {c["name"] for c in report["configs"]} == set(configs)
+
+
+def _epoch(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").timestamp()
