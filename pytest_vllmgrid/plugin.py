@@ -167,10 +167,14 @@ def pytest_configure_node(node) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Count each config's selected tests for the progress lines (not on xdist workers)."""
+    """Preflight the deployer before the first deploy; count tests for the progress lines."""
     gs = session.config.stash[STASH_KEY]
-    if gs.grid is not None and not gs.is_worker:
-        gs.start_progress([item.nodeid for item in session.items])
+    if gs.grid is None or gs.is_worker:
+        return
+    selected = [item for item in session.items if _item_config(item) is not None]
+    if selected and not session.config.option.collectonly and not session.config.getoption("vllm_dry_run"):
+        gs.get_deployer()  # a failing preflight is a UsageError here, before anything starts
+    gs.start_progress([item.nodeid for item in session.items])
 
 
 @pytest.hookimpl(optionalhook=True)

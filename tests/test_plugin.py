@@ -117,3 +117,26 @@ def test_no_server_process_survives_the_session(pytester, write_grid, events_fil
     pytester.runpytest_subprocess("--grid", str(grid), "-p", "no:cacheprovider")
     assert servers_using(events_file) == []
     assert read_events(events_file) == ["start prefix_only_a", "stop prefix_only_a"]
+
+
+def test_endpoint_deployer_measures_an_already_running_server(pytester, write_grid):
+    from fault_server import FaultServerProcess
+
+    with FaultServerProcess("ok", model="tiny", max_lifetime_s=60) as server:
+        grid = write_grid({"deployer": "endpoint", "endpoint": {"base_url": server.base_url},
+                           "served_model_name": "tiny", "configs": [{"name": "running"}]})
+        pytester.makepyfile(test_bench=TWO_TESTS.replace("127.0.0.1:", "127.0.0.1"))
+        result = pytester.runpytest_subprocess("--grid", str(grid), "--results-dir", "out", "-p", "no:cacheprovider")
+        result.assert_outcomes(passed=2)
+        data = json.loads((pytester.path / "out" / "running.json").read_text())
+        assert data["deployment"]["endpoint"] == server.base_url
+        assert data["deployment"]["params_applied"] is False
+
+
+def test_endpoint_deployer_preflight_fails_when_nothing_answers(pytester, write_grid):
+    grid = write_grid({"deployer": "endpoint", "endpoint": {"base_url": "http://127.0.0.1:9"},
+                       "configs": [{"name": "running"}]})
+    pytester.makepyfile(test_bench=TWO_TESTS)
+    result = pytester.runpytest_subprocess("--grid", str(grid), "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*preflight of the endpoint deployer failed: endpoint http://127.0.0.1:9 does not answer*"])
