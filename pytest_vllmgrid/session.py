@@ -196,6 +196,8 @@ class GridSession:
             except DeploymentError as exc:
                 raise pytest.UsageError(f"{grid.path}: preflight of the {grid.deployer} deployer failed: "
                                         f"{exc.summary()}") from None
+            for leftover in getattr(deployer, "reaped", []) or []:
+                self._terminal_line(f"vllmgrid: removed a container left by a killed run: {leftover}")
             self.deployer = deployer
         return self.deployer
 
@@ -278,6 +280,9 @@ class GridSession:
             return
         if run.deployment is not None:
             run.deployment.teardown()
+            took = run.deployment.describe.get("teardown_seconds")
+            if took is not None:
+                self._store().update_config(cfg.name, lambda d: d["deployment"].update(teardown_seconds=took))
         interrupted = self.pytest_config.stash.get(INTERRUPTED, False)
 
         def settle(data: dict[str, Any]) -> None:
@@ -313,10 +318,16 @@ class GridSession:
         return reason
 
     def teardown_all(self) -> None:
-        """Stop every server still up (end of session, Ctrl+C)."""
+        """Stop every server still up (end of session, Ctrl+C); --vllm-restore brings the user's service back."""
         for run in list(self.runs.values()):
             if run.deployment is not None and not run.deployment.torn_down:
                 self.teardown(run.config)
+        restore = getattr(self.deployer, "restore", None)
+        if self.deployer is not None and self.pytest_config.getoption("vllm_restore") and restore and self.runs:
+            try:
+                self._terminal_line(f"vllmgrid: {restore()}")
+            except DeploymentError as exc:
+                self._terminal_line(f"vllmgrid: --vllm-restore failed: {exc.summary()}")
 
     # ---- results -----------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ _OOM_PATTERN = re.compile(
 _ERROR_LINE_PATTERN = re.compile(
     r"(error: (unrecognized arguments|argument )|\b\w*(Error|Exception): )",
 )
+# Log lines at these levels are never the reason (e.g. vLLM's ulimit WARNING quoting `OSError: ...`).
+_NOT_AN_ERROR_LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING)\b")
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def key_error_line(log_text: str) -> str | None:
         if _OOM_PATTERN.search(line):
             return line[-300:]
     for line in reversed(lines):
-        if _ERROR_LINE_PATTERN.search(line):
+        if _ERROR_LINE_PATTERN.search(line) and not _NOT_AN_ERROR_LEVEL.search(line):
             return line[-300:]
     return None
 
