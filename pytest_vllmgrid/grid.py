@@ -141,7 +141,8 @@ class GridFile(_Strict):
     model: str = TINY_MODEL
     served_model_name: str | None = None
     deployer: Literal["process", "compose", "endpoint"] = "process"
-    vllm_command: list[str] | None = None
+    vllm_command: list[str] | None = Field(None, description="argv prefix up to `serve`; {python} = this "
+                                           "interpreter, {grid_dir} = the grid file's folder")
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535)
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -324,7 +325,8 @@ def load_grid(path: str | Path, *, model: str | None = None, baseline: str | Non
             env={**spec.env, **entry.env}, description=entry.description,
             priority=entry.priority, phase=entry.phase, model=spec.model,
             served_model_name=spec.served_model_name,
-            vllm_command=tuple(spec.vllm_command) if spec.vllm_command else None,
+            vllm_command=tuple(part.replace("{grid_dir}", str(path.resolve().parent)) for part in spec.vllm_command)
+            if spec.vllm_command else None,
             host=spec.host, port=spec.port, api_key_env=spec.api_key_env,
             startup_timeout_s=spec.startup_timeout_s,
         ))

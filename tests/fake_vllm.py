@@ -7,8 +7,11 @@ process group, readiness polling, teardown) in seconds instead of a 40 s vLLM st
 
 Environment: FAKE_VLLM_MODE (a fault_server mode, default ok), FAKE_VLLM_EVENTS (a file that gets
 "start NAME" / "stop NAME" lines), FAKE_VLLM_STARTUP_S (delay before listening), FAKE_VLLM_EXIT
-(print a vLLM-like argparse error and exit 2 at once), FAKE_VLLM_TTFT_MS, FAKE_VLLM_RECORD_CUDA (add the CUDA_VISIBLE_DEVICES it got to the start event), FAKE_NAME (the label
-events use; grids set it per config through `env`).
+(print a vLLM-like argparse error and exit 2 at once), FAKE_VLLM_TTFT_MS, FAKE_VLLM_RECORD_CUDA (add the CUDA_VISIBLE_DEVICES it got to the start event), FAKE_VLLM_GPU_LOAD (stand in for a GPU server: a
+torch matmul loop on the first visible GPU, holding up to FAKE_VLLM_GPU_GIB GiB), FAKE_NAME (the label
+events use; grids set it per config through `env`), FAKE_VLLM_FAULT_AFTER=N (serve N completions as mode ok —
+the readiness probe's — before FAKE_VLLM_MODE's fault starts), FAKE_VLLM_ECHO_AUTH (http_500 error bodies
+quote the request's Authorization header).
 """
 
 from __future__ import annotations
@@ -33,6 +36,27 @@ def _event(line: str) -> None:
             fh.write(f"{line} {time.monotonic():.6f}\n")
 
 
+def _gpu_load() -> None:
+    """Stand in for a GPU server: bf16 matmuls on the first visible GPU, VRAM held in 1 GiB steps."""
+    import threading
+
+    import torch
+
+    def loop() -> None:
+        device = torch.device("cuda", 0)  # index within CUDA_VISIBLE_DEVICES: the worker's own GPU
+        a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+        held = []
+        step = 0
+        while True:
+            for _ in range(20):
+                a = (a @ a).clamp_(-1, 1)
+            torch.cuda.synchronize(device)
+            step += 1
+            if step % 5 == 0 and len(held) < int(os.environ.get("FAKE_VLLM_GPU_GIB", "8")):
+                held.append(torch.empty(2**30, dtype=torch.uint8, device=device))
+    threading.Thread(target=loop, daemon=True, name="gpu-load").start()
+
+
 def main() -> None:
     """Parse vLLM-style arguments, then serve until SIGTERM."""
     parser = argparse.ArgumentParser(prog="vllm")
@@ -55,10 +79,31 @@ def main() -> None:
         _event(f"stop {label}")
         os._exit(0)
     signal.signal(signal.SIGTERM, on_term)
+    if os.environ.get("FAKE_VLLM_GPU_LOAD"):
+        _gpu_load()
     time.sleep(float(os.environ.get("FAKE_VLLM_STARTUP_S", "0")))
-    fault_server_main(["--mode", os.environ.get("FAKE_VLLM_MODE", "ok"), "--port", str(args.port),
+    mode = os.environ.get("FAKE_VLLM_MODE", "ok")
+    ttft_ms = os.environ.get("FAKE_VLLM_TTFT_MS", "5")
+    echo_auth = bool(os.environ.get("FAKE_VLLM_ECHO_AUTH"))
+    if os.environ.get("FAKE_VLLM_FAULT_AFTER"):
+        _serve_then_fault(mode, int(os.environ["FAKE_VLLM_FAULT_AFTER"]), args.port, name, float(ttft_ms), echo_auth)
+        return
+    fault_server_main(["--mode", mode, "--port", str(args.port),
                        "--model", name, "--max-lifetime", "300", "--tokens", "8",
-                       "--ttft-ms", os.environ.get("FAKE_VLLM_TTFT_MS", "5"), "--itl-ms", "1"])
+                       "--ttft-ms", ttft_ms, "--itl-ms", "1", *(["--echo-auth"] if echo_auth else [])])
+
+
+def _serve_then_fault(mode: str, healthy: int, port: int, name: str, ttft_ms: float, echo_auth: bool) -> None:
+    """Serve `healthy` completions as mode ok, then inject `mode`'s fault (a server that breaks after readiness)."""
+    from fault_server import FaultServer
+
+    with FaultServer("ok", port=port, model=name, tokens=8, ttft_ms=ttft_ms, itl_ms=1, echo_auth=echo_auth) as server:
+        print(f"listening on {server.base_url}; mode {mode} after {healthy} completion(s)", flush=True)
+        deadline = time.monotonic() + 300
+        while server.app.completions_served < healthy and time.monotonic() < deadline:
+            time.sleep(0.002)
+        server.app.options.mode = mode
+        time.sleep(max(0.0, deadline - time.monotonic()))
 
 
 if __name__ == "__main__":
