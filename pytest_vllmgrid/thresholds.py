@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pytest_vllmgrid.grid import suggest
+from pytest_vllmgrid.grid import document_problems, suggest
 from pytest_vllmgrid.measurement import point_of
 
 # Metrics the shipped benchmarks produce: test -> metric names (threshold keys are "test.metric").
@@ -19,11 +19,16 @@ METRICS: dict[str, list[str]] = {
     "kv_cache": ["ttft_miss_ms", "ttft_hit_ms", "acceleration", "gain_pct", "server_hit_rate_pct",
                  "server_hits_during_miss", "server_hits_during_hit"],
     "ttft": ["ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "errors", "server_ttft_p50_ms", "server_ttft_mean_ms"],
-    "throughput": ["output_tok_s", "request_rate", "ttft_ms", "tpot_ms", "e2e_ms", "goodput_pct", "errors"],
-    "long_conversation": ["ttft_ms", "turn_ttft_ms", "degradation_pct", "errors"],
-    "reasoning": ["ttft_ms", "decode_tok_s", "e2e_ms", "completion_tokens", "errors"],
-    "tool_calling": ["success_rate_pct", "ttft_ms", "e2e_ms", "errors"],
-    "stability": ["ttft_ms", "e2e_ms", "degradation_pct", "errors", "timeouts"],
+    "throughput": ["output_tok_s", "request_rate", "ttft_ms", "tpot_ms", "e2e_ms", "goodput_pct", "goodput_req_s",
+                   "errors", "server_ttft_p50_ms"],
+    "long_conversation": ["ttft_ms", "tpot_ms", "e2e_ms", "first_turns_ttft_ms", "last_turns_ttft_ms",
+                          "degradation_pct", "server_hit_rate_pct", "errors", "server_ttft_p50_ms"],
+    "reasoning": ["ttft_ms", "tpot_ms", "decode_tok_s", "server_decode_tok_s", "e2e_ms", "completion_tokens",
+                  "reasoning_tokens", "content_tokens", "reasoning_share_pct", "errors", "server_ttft_p50_ms"],
+    "tool_calling": ["success_rate_pct", "ttft_ms", "tpot_ms", "e2e_ms", "errors", "no_tool_call", "bad_json",
+                     "unknown_function", "wrong_function", "schema_mismatch", "server_ttft_p50_ms"],
+    "stability": ["ttft_ms", "ttft_short_ms", "ttft_long_ms", "tpot_ms", "e2e_ms", "degradation_pct",
+                  "ttft_slope_pct_per_request", "errors", "timeouts", "server_ttft_p50_ms"],
     "gpu": ["util_mean_pct", "vram_peak_pct", "temp_max_c", "power_mean_w"],
 }
 STATS = ("p50", "p90", "p95", "p99", "mean", "min", "max", "value")
@@ -133,6 +138,9 @@ def load_thresholds(path: str | Path | None) -> Thresholds:
         raise ThresholdError(f"thresholds file {path}: cannot parse: {str(exc).splitlines()[0][:200]}") from None
     if raw is None:
         raw = {}
+    problems = document_problems(raw)
+    if problems:
+        raise ThresholdError(f"thresholds file {path}:\n  - " + "\n  - ".join(problems))
     if not isinstance(raw, dict):
         raise ThresholdError(f"thresholds file {path}: top level must be a mapping, got {type(raw).__name__}")
     try:

@@ -26,7 +26,8 @@ def two_config_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "benchmarks/test_ttft.py", "benchmarks/test_kv_cache.py",
          "-k", "baseline or prefix_caching", "--results-dir", str(out), "-p", "no:cacheprovider",
-         "--vllm-bench", "repetitions=6", "--vllm-bench", "kv_repetitions=6", "--vllm-warmup", "1"],
+         "--vllm-bench", "repetitions=6", "--vllm-bench", "kv_repetitions=6", "--vllm-warmup", "1",
+         "--vllm-thresholds", str(REPO / "tests" / "data" / "no-thresholds.yaml")],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     return out, proc
 
@@ -101,7 +102,8 @@ def test_two_workers_run_two_real_servers_at_once_and_one_report(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "benchmarks/test_ttft.py", "-n", "2", "-k", "short",
-         "--results-dir", str(out), "-p", "no:cacheprovider", "--vllm-bench", "repetitions=4", "--vllm-warmup", "1"],
+         "--results-dir", str(out), "-p", "no:cacheprovider", "--vllm-bench", "repetitions=4", "--vllm-warmup", "1",
+         "--vllm-thresholds", str(REPO / "tests" / "data" / "no-thresholds.yaml")],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     configs = {name: json.loads((out / f"{name}.json").read_text())
