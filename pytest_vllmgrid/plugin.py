@@ -56,9 +56,10 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
      {"nargs": "?", "const": "latest"}),
     (["--vllm-compare"], "vllm_compare", "regression gate: compare every benchmark with the same config/test of "
      "this stored results directory (a comparison table is printed)", {}),
-    (["--vllm-compare-fail"], "vllm_compare_fail", "regression gate METRIC:PCT (repeatable), e.g. ttft_p50:10%, "
-     "throughput:5%, ttft[long].ttft_ms:p95:15%: fail a benchmark whose metric is worse than --vllm-compare's by "
-     "more than PCT and significantly (bootstrap CI of the change on the raw samples)", {"action": "append"}),
+    (["--vllm-compare-fail"], "vllm_compare_fail", "regression gate METRIC:PCT (repeatable; PCT in percent), e.g. "
+     "ttft_p50:10, throughput:5, ttft[long].ttft_ms:p95:15: fail a benchmark whose metric is worse than "
+     "--vllm-compare's by more than PCT and significantly (bootstrap CI of the change on the raw samples)",
+     {"action": "append"}),
 ]
 
 
@@ -290,10 +291,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 def _one_line(report: pytest.TestReport) -> str:
-    """A failure's message without the traceback."""
+    """A failure's reason on one line: no traceback, no assertion rewriting's detail, no log tail."""
     longrepr = report.longrepr
     if hasattr(longrepr, "reprcrash") and longrepr.reprcrash is not None:
-        return longrepr.reprcrash.message.strip()
+        return (longrepr.reprcrash.message.strip().splitlines() or [""])[0]
     if isinstance(longrepr, tuple):  # skipped: (path, line, reason)
         return str(longrepr[-1])
     return str(longrepr).strip().splitlines()[-1] if longrepr else ""

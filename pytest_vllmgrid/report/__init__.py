@@ -1,4 +1,4 @@
-"""Reports: read only the results store, write Markdown/JSON (and HTML), print the terminal table."""
+"""Reports: read only the results store, write Markdown, JSON and HTML, print the terminal table."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pytest_vllmgrid.atomic import write_json_atomic, write_text_atomic
 from pytest_vllmgrid.grid import Grid
+from pytest_vllmgrid.report.html import render_store_html
 from pytest_vllmgrid.report.model import build_report
 from pytest_vllmgrid.report.markdown import render_markdown, render_terminal
 from pytest_vllmgrid.results import ResultsStore
@@ -14,11 +15,13 @@ __all__ = ["write_reports", "terminal_table", "build_report"]
 
 
 def write_reports(store: ResultsStore, grid: Grid | None = None) -> dict[str, Path]:
-    """Write report.md and report.json into the results directory; return their paths."""
+    """Write report.md, report.json and a self-contained report.html into the results directory; return their paths."""
     report = build_report(store, grid)
-    paths = {"markdown": store.root / "report.md", "json": store.root / "report.json"}
+    paths = {"markdown": store.root / "report.md", "json": store.root / "report.json",
+             "html": store.root / "report.html"}
     write_text_atomic(paths["markdown"], render_markdown(report))
     write_json_atomic(paths["json"], report)
+    write_text_atomic(paths["html"], render_store_html(store, report))
     return paths
 
 

@@ -15,7 +15,6 @@ from pytest_vllmgrid.report.telemetry import telemetry_plot_png
 from pytest_vllmgrid.telemetry import Sample, TelemetrySeries
 
 MAX_DISTRIBUTIONS = 6
-TURN_SERIES_KEYS = ("turn_ttft_ms", "per_turn_ttft_ms", "ttft_by_turn_ms")
 _TTFT_KEY = re.compile(r"^ttft(\[[^\]]*\])?\.ttft_ms$")
 _CONCURRENCY_KEY = re.compile(r"^throughput\[[^\]\d]*(\d+(?:\.\d+)?)[^\]]*\]\.(\w+)$")
 
@@ -94,7 +93,7 @@ def ttft_png(report: dict[str, Any]) -> bytes | None:
 def kv_cache_png(report: dict[str, Any]) -> bytes | None:
     """Prefix-cache MISS vs HIT TTFT p50 per config with 95% CIs."""
     return grouped_ci_png(report, ["kv_cache.ttft_miss_ms", "kv_cache.ttft_hit_ms"], ["MISS", "HIT"],
-                          "KV cache: TTFT of a new prefix (MISS) vs the same prefix again (HIT)", "TTFT ms")
+                          "KV cache: TTFT p50, new prefix (MISS) vs same prefix (HIT)", "TTFT ms")
 
 
 def concurrency_curves(report: dict[str, Any], metric: str) -> dict[str, list[tuple[float, float, float, float]]]:
@@ -111,10 +110,10 @@ def concurrency_curves(report: dict[str, Any], metric: str) -> dict[str, list[tu
 
 def throughput_png(report: dict[str, Any]) -> bytes | None:
     """Output tokens/s (and TTFT p50 when measured) against concurrency, one line per config."""
+    if not concurrency_curves(report, "output_tok_s"):
+        return None
     panels = [(m, label) for m, label in (("output_tok_s", "output tokens/s"), ("ttft_ms", "TTFT p50 ms"))
               if concurrency_curves(report, m)]
-    if not panels or panels[0][0] != "output_tok_s":
-        return None
     fig = _figure(7.5, 3.6 * len(panels))
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (metric, label) in zip(axes, panels):
@@ -127,19 +126,21 @@ def throughput_png(report: dict[str, Any]) -> bytes | None:
         ax.grid(True, alpha=0.3)
     axes[0].set_title("Throughput vs concurrency")
     axes[0].legend(fontsize="small")
+    levels = sorted({point[0] for points in concurrency_curves(report, "output_tok_s").values() for point in points})
     axes[-1].set_xscale("log", base=2)
+    axes[-1].set_xticks(levels, [f"{level:g}" for level in levels])
+    axes[-1].minorticks_off()
     axes[-1].set_xlabel("concurrent requests")
     return _png(fig)
 
 
-def turn_series(info: dict[str, Any]) -> list[list[float]]:
-    """Per-turn TTFT series (one list per conversation) from a long-conversation measurement's info."""
-    for key in TURN_SERIES_KEYS:
-        series = info.get(key)
-        if isinstance(series, list) and series:
-            rows = series if all(isinstance(s, list) for s in series) else [series]
-            return [[float(v) for v in row if v is not None] for row in rows]
-    return []
+def turn_series(info: dict[str, Any]) -> list[list[float | None]]:
+    """Per-turn TTFT ms, one list per conversation (None for a failed turn), from a long conversation's info."""
+    series = info.get("turn_ttft_ms")
+    if not isinstance(series, list) or not series:
+        return []
+    rows = series if all(isinstance(s, list) for s in series) else [series]
+    return [[None if v is None else float(v) for v in row] for row in rows]
 
 
 def turn_ttft_png(results: dict[str, dict[str, Any]]) -> bytes | None:
@@ -156,9 +157,9 @@ def turn_ttft_png(results: dict[str, dict[str, Any]]) -> bytes | None:
     fig = _figure(7.5, 4.0)
     ax = fig.subplots()
     for label, rows in curves.items():
-        turns = max(len(r) for r in rows)
-        per_turn = [[r[t] for r in rows if t < len(r)] for t in range(turns)]
-        xs = list(range(1, turns + 1))
+        per_turn = [[r[t] for r in rows if t < len(r) and r[t] is not None] for t in range(max(map(len, rows)))]
+        xs = [t + 1 for t, values in enumerate(per_turn) if values]
+        per_turn = [values for values in per_turn if values]
         ax.plot(xs, [statistics.median(v) for v in per_turn], marker="o", label=label)
         if len(rows) > 1:
             ax.fill_between(xs, [min(v) for v in per_turn], [max(v) for v in per_turn], alpha=0.15)
@@ -197,6 +198,7 @@ def _grid_of_axes(count: int, cell_height: float = 3.2) -> list[Any]:
 def latency_distributions_png(report: dict[str, Any]) -> bytes | None:
     """Raw-sample distributions of the headline latency metrics, one panel per metric, one box per config."""
     metrics = [k for k, col in report.get("columns", {}).items() if col.get("unit") == "ms"]
+    metrics += sorted({k for row in _healthy(report) for k in row["samples"] if _TTFT_KEY.match(k)} - set(metrics))
     panels = []
     for key in metrics[:MAX_DISTRIBUTIONS]:
         named = [(row["name"], row["samples"][key]) for row in _healthy(report) if row["samples"].get(key)]

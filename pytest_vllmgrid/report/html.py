@@ -1,0 +1,284 @@
+"""HTML report: a self-contained report.html (inline CSS, PNGs as data: URIs), and pytest-html sections."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from typing import Any, Iterable
+
+import pytest
+
+from pytest_vllmgrid.measurement import point_of
+from pytest_vllmgrid.report.markdown import cell, delta, render_markdown
+from pytest_vllmgrid.report.model import _fmt
+from pytest_vllmgrid.report.plots import measurement_png, report_plots, telemetry_series_by_config
+from pytest_vllmgrid.report.telemetry import telemetry_markdown
+from pytest_vllmgrid.results import ResultsStore
+
+# (selector, declarations); scoped under a class when embedded in pytest-html's page.
+STYLE_RULES: list[tuple[str, str]] = [
+    ("body", "font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;"
+             "padding:0 1em;color:#222"),
+    ("table", "border-collapse:collapse;margin:.5em 0 1em"),
+    ("th, td", "border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top;font-size:.9em"),
+    ("th", "background:#f3f3f3"),
+    ("td.num", "text-align:right;font-variant-numeric:tabular-nums"),
+    (".delta", "color:#555;font-size:.85em"),
+    (".bad", "color:#b00020;font-weight:bold"),
+    ("figure", "margin:1em 0"),
+    ("figure img", "max-width:100%;border:1px solid #eee"),
+    ("figcaption", "font-size:.9em;color:#555"),
+    ("code", "background:#f6f6f6;padding:0 .2em"),
+]
+
+
+def css(scope: str | None = None) -> str:
+    """The report's stylesheet; with `scope`, every rule applies only inside that selector."""
+    def selector(sel: str) -> str:
+        if scope is None:
+            return sel
+        return ", ".join(scope if part.strip() == "body" else f"{scope} {part.strip()}" for part in sel.split(","))
+    return "".join(f"{selector(sel)}{{{decls}}}" for sel, decls in STYLE_RULES)
+
+
+_INLINE_CODE = re.compile(r"`([^`]+)`")
+_BOLD = re.compile(r"\*\*([^*]+)\*\*")
+
+
+def esc(value: Any) -> str:
+    """Text made safe for HTML."""
+    return html.escape("" if value is None else str(value))
+
+
+def png_img(png: bytes, alt: str) -> str:
+    """An <img> whose PNG is embedded as a data: URI."""
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def table(header: Iterable[str], rows: Iterable[Iterable[str]], numeric_from: int | None = None) -> str:
+    """An HTML table; cells are already HTML; columns from `numeric_from` on are right-aligned."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(
+        f'<td class="num">{c}</td>' if numeric_from is not None and i >= numeric_from else f"<td>{c}</td>"
+        for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def markdown_fragment_html(text: str) -> str:
+    """The Markdown subset our sections use (headings, tables, bullets, paragraphs) as HTML."""
+    out: list[str] = []
+    rows: list[list[str]] = []
+    bullets: list[str] = []
+
+    def inline(s: str) -> str:
+        return _BOLD.sub(r"<strong>\1</strong>", _INLINE_CODE.sub(r"<code>\1</code>", esc(s)))
+
+    def flush() -> None:
+        if rows:
+            out.append(table(rows[0], rows[1:]))
+        if bullets:
+            out.append("<ul>" + "".join(f"<li>{b}</li>" for b in bullets) + "</ul>")
+        rows.clear()
+        bullets.clear()
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("|"):
+            if bullets:
+                flush()
+            cells = [inline(c.strip().replace("\\|", "|")) for c in re.split(r"(?<!\\)\|", stripped)[1:-1]]
+            if not all(set(c) <= set("-: ") for c in cells):
+                rows.append(cells)
+        elif stripped.startswith("- "):
+            if rows:
+                flush()
+            bullets.append(inline(stripped[2:]))
+        else:
+            flush()
+            if stripped.startswith("#"):
+                level = min(len(stripped) - len(stripped.lstrip("#")) + 1, 6)
+                out.append(f"<h{level}>{inline(stripped.lstrip('#').strip())}</h{level}>")
+            elif stripped:
+                out.append(f"<p>{inline(stripped)}</p>")
+    flush()
+    return "\n".join(out)
+
+
+def _metric_cell(metric: dict[str, Any] | None) -> str:
+    """p50 [CI] with the Δ vs baseline under it."""
+    change = delta(metric)
+    return esc(cell(metric)) + (f'<br><span class="delta">Δ {esc(change)}</span>' if change else "")
+
+
+def ranking_html(report: dict[str, Any], *, legend: bool = True) -> str:
+    """The ranked table: config, status, startup, each headline metric with Δ vs baseline (and how to read it)."""
+    cols = list(report["columns"])
+    header = ["Rank", "Config", "Status", "Startup s", *[esc(c) for c in cols]]
+    rows = []
+    for row in report["configs"]:
+        name = esc(row["name"])
+        if row["name"] == report["baseline"]:
+            name = f"<strong>{name}</strong> (baseline)"
+        params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
+        rows.append([esc(row.get("rank") or "–"), f'<span title="{esc(params)}">{name}</span>',
+                     esc(row.get("failure") or row.get("status") or "?"), esc(_fmt(row.get("startup_s"))),
+                     *[_metric_cell(row["metrics"].get(c)) for c in cols]])
+    note = (f"<p>Ranked by <code>{esc(report['primary_metric'])}</code> ({esc(report.get('primary_better') or '?')} "
+            "is better). Cells: p50 [95% bootstrap CI of the median]; Δ: % vs baseline [95% CI].</p>")
+    return (note if legend else "") + table(header, rows, numeric_from=3)
+
+
+def conclusions_html(report: dict[str, Any]) -> str:
+    """Optimal config, trade-offs, failures and the recommendation."""
+    opt = report.get("optimal")
+    parts = [f"<h2>Recommendation</h2><p><strong>{esc(report['recommendation'])}</strong></p>",
+             f"<p>Optimal configuration: <strong>{esc(opt['name']) if opt else 'none'}</strong></p>"]
+    if report["tradeoffs"]:
+        parts.append("<h3>Trade-offs</h3><ul>" + "".join(f"<li>{esc(t)}</li>" for t in report["tradeoffs"]) + "</ul>")
+    problems = [f"<li><strong>{esc(f['name'])}</strong>: {esc(f['reason'])}</li>" for f in report["failed"]]
+    problems += [f"<li>{esc(r['name'])} / {esc(k)}: {esc(t['status'])}: {esc(t.get('message') or '')}</li>"
+                 for r in report["configs"] for k, t in r["tests"].items() if t["status"] in ("failed", "error")]
+    problems += [f"<li>{esc(r['name'])}: warning: {esc(w)}</li>" for r in report["configs"] for w in r["warnings"]]
+    parts.append("<h3>Failures and anomalies</h3>" + (f"<ul>{''.join(problems)}</ul>" if problems else "<p>none</p>"))
+    return "\n".join(parts)
+
+
+def gate_html(verdicts: list[dict[str, Any]], compared_with: str | None = None) -> str:
+    """The regression-gate comparison (verdict dicts from gate.GateVerdict.to_dict)."""
+    from pytest_vllmgrid.gate import GateVerdict
+
+    if not verdicts:
+        return ""
+    items = [GateVerdict(**v) for v in verdicts]
+    rows = [[esc(v.config), f"<code>{esc(v.metric)}</code> {esc(v.statistic)}", esc(_value(v.old, v.unit)),
+             esc(_value(v.new, v.unit)), esc(v.change_text()), esc(v.allowed_text() or "–"),
+             f'<span class="bad">{esc(v.verdict_text())}</span>' if v.failed else esc(v.verdict_text())]
+            for v in items]
+    failed = sum(v.failed for v in items)
+    head = f"<h2>Regression gate</h2><p>Compared with <code>{esc(compared_with)}</code>: " if compared_with else \
+        "<h2>Regression gate</h2><p>"
+    head += (f'<span class="bad">{failed} regression(s)</span>' if failed else "no regression") + \
+        " (fails only when worse than allowed <em>and</em> the bootstrap CI of the change excludes 0).</p>"
+    return head + table(["Config", "Metric", "Old", "New", "Change [95% CI]", "Allowed", "Verdict"], rows)
+
+
+def _value(value: float | None, unit: str) -> str:
+    return "–" if value is None else f"{_fmt(value)} {unit}".strip()
+
+
+def plots_html(report: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
+    """Every plot that has data, embedded."""
+    figures = [f"<figure>{png_img(png, caption)}<figcaption>{esc(caption)}</figcaption></figure>"
+               for caption, png in report_plots(report, results)]
+    return "<h2>Plots</h2>" + ("\n".join(figures) if figures else "<p>No plottable data in this run.</p>")
+
+
+def metrics_table_html(metrics: dict[str, dict[str, Any]]) -> str:
+    """One table row per metric: n, p50 [CI] or value, p95, p99, mean, Δ vs baseline."""
+    def stat(metric: dict[str, Any], key: str) -> str:
+        return esc(_fmt(metric.get(key))) if metric.get("kind") == "sample" else ""
+    rows = [[f"<code>{esc(name)}</code>", esc(m.get("n") or ""), esc(cell(m)), stat(m, "p95"), stat(m, "p99"),
+             stat(m, "mean"), esc(delta(m))] for name, m in metrics.items() if point_of(m) is not None]
+    return table(["Metric", "n", "p50 [95% CI] / value", "p95", "p99", "mean", "Δ vs baseline"], rows, numeric_from=1)
+
+
+def details_html(report: dict[str, Any]) -> str:
+    """Per config: parameters and every metric, folded."""
+    parts = ["<h2>Details per config</h2>"]
+    for row in report["configs"]:
+        params = " ".join(f"{k}={v}" for k, v in row["params"].items()) or "(vLLM defaults)"
+        parts.append(f"<details><summary><strong>{esc(row['name'])}</strong> — {esc(row.get('status'))}</summary>"
+                     f"<p>params: <code>{esc(params)}</code>; "
+                     f"config hash <code>{esc(row.get('config_hash'))}</code></p>"
+                     f"{metrics_table_html(row['metrics'])}</details>")
+    return "\n".join(parts)
+
+
+def telemetry_html(results: dict[str, dict[str, Any]]) -> str:
+    """The GPU telemetry section (tables and alerts), only when a config recorded telemetry."""
+    series = telemetry_series_by_config(results)
+    return markdown_fragment_html(telemetry_markdown(series)) if series else ""
+
+
+def run_info_html(report: dict[str, Any]) -> str:
+    """What ran and where (the Markdown report's header bullets, so both say the same)."""
+    header = render_markdown(report).split("\n## ", 1)[0]
+    return markdown_fragment_html(header.split("\n", 1)[1])
+
+
+def render_html(report: dict[str, Any], results: dict[str, dict[str, Any]],
+                gate: dict[str, Any] | None = None) -> str:
+    """The whole report as one self-contained HTML page."""
+    gate = gate or {}
+    body = [
+        "<h1>vLLM grid comparative report</h1>", run_info_html(report),
+        "<h2>Ranking</h2>", ranking_html(report, legend=False),
+        conclusions_html(report), gate_html(gate.get("verdicts") or [], gate.get("compared_with")),
+        plots_html(report, results), telemetry_html(results), details_html(report),
+    ]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<title>vLLM grid comparative report</title>"
+            f"<style>{css()}</style></head><body>\n" + "\n".join(b for b in body if b) + "\n</body></html>\n")
+
+
+def render_store_html(store: ResultsStore, report: dict[str, Any]) -> str:
+    """report.html's content from a results store and its built report."""
+    return render_html(report, store.all_configs(), store.manifest().get("regression_gate"))
+
+
+# ---- pytest-html integration (registered by plugin.py when --html is given) ---------------------
+
+def benchmark_extras(store: ResultsStore, config_name: str, test_key: str) -> list[dict[str, Any]]:
+    """pytest-html extras for one benchmark: its metrics table, gate verdicts and sample plot."""
+    from pytest_html import extras
+
+    test = ((store.load_config(config_name) or {}).get("tests") or {}).get(test_key) or {}
+    measurement = test.get("measurement")
+    if not measurement:
+        return []
+    fragment = f"<div>{metrics_table_html(measurement.get('metrics') or {})}"
+    gate = test.get("regression_gate") or {}
+    fragment += gate_html(gate.get("verdicts") or [], gate.get("compared_with")) + "</div>"
+    out = [extras.html(fragment)]
+    png = measurement_png(measurement, f"{config_name} / {test_key}")
+    if png:
+        out.append(extras.png(base64.b64encode(png).decode("ascii"), name=f"{test_key} samples"))
+    return out
+
+
+class PytestHtmlSections:
+    """pytest-html hooks: per-benchmark extras, and the ranked table + plots in the summary."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        """Attach the benchmark's own table and plot to its call report."""
+        from pytest_vllmgrid.plugin import _item_config
+        from pytest_vllmgrid.results import result_key
+        from pytest_vllmgrid.session import STASH_KEY
+
+        outcome = yield
+        report = outcome.get_result()
+        cfg = _item_config(item)
+        store = self.config.stash[STASH_KEY].store
+        if report.when == "call" and cfg is not None and store is not None:
+            report.extras = [*getattr(report, "extras", []), *benchmark_extras(store, cfg.name, result_key(item))]
+
+    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],
+                                    session: pytest.Session) -> None:
+        """The ranked table, the recommendation, the gate and the plots above pytest-html's results."""
+        from pytest_vllmgrid.report.model import build_report
+        from pytest_vllmgrid.session import STASH_KEY
+
+        gs = session.config.stash[STASH_KEY]
+        if gs.store is None or not gs.store.all_configs():
+            return
+        report = build_report(gs.store, gs.grid)
+        gate = gs.store.manifest().get("regression_gate") or {}
+        prefix.append(f"<div class=\"vllmgrid\"><style>{css('.vllmgrid')}</style>"
+                      f"<h2>vLLM grid</h2>{ranking_html(report)}{conclusions_html(report)}"
+                      f"{gate_html(gate.get('verdicts') or [], gate.get('compared_with'))}"
+                      f"{plots_html(report, gs.store.all_configs())}"
+                      f"<p>Full report: <code>{esc(gs.store.root / 'report.html')}</code></p></div>")

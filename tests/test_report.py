@@ -1,0 +1,174 @@
+"""HTML report and plots: built from synthetic results stores (no vLLM), self-contained, one plot per data kind."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, fake_grid
+from test_gate import latencies, store_run, throughput_measurement, ttft_measurement
+from pytest_vllmgrid.measurement import LOWER, Measurement
+from pytest_vllmgrid.report import build_report, write_reports
+from pytest_vllmgrid.report.html import markdown_fragment_html, render_store_html
+from pytest_vllmgrid.report.plots import (kv_cache_png, latency_distributions_png, measurement_png, merged_telemetry,
+                                          report_plots, telemetry_png, throughput_png, ttft_png, turn_ttft_png)
+from pytest_vllmgrid.telemetry import DeviceInfo, GpuReading, Sample, TelemetrySeries
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+LINKS = re.compile(r"""\b(src|href)\s*=\s*["']([^"']*)["']""", re.IGNORECASE)
+
+
+def external_links(text: str, attributes: tuple[str, ...] = ("src", "href")) -> list[str]:
+    """src/href values that would load or lead outside the file (anything but data: URIs and anchors)."""
+    return [value for attr, value in LINKS.findall(text)
+            if attr.lower() in attributes and value and not value.startswith(("data:", "#"))]
+
+
+def kv_measurement(miss_ms: float, hit_ms: float, seed: int) -> dict:
+    """A stored kv_cache-like measurement."""
+    m = Measurement(method="synthetic")
+    m.add_sample("ttft_miss_ms", latencies(miss_ms, seed, 12), "ms", LOWER, headline=True)
+    m.add_sample("ttft_hit_ms", latencies(hit_ms, seed + 1, 12), "ms", LOWER, headline=True)
+    return m.to_dict()
+
+
+def conversation_measurement(turns: int, seed: int) -> dict:
+    """A long_conversation-like measurement: per-turn TTFT of two conversations in info."""
+    m = Measurement(method="synthetic")
+    series = [[20.0 + 3 * t + i + seed for t in range(turns)] for i in range(2)]
+    series[1][-1] = None  # a failed last turn
+    m.add_sample("ttft_ms", [v for row in series for v in row if v is not None], "ms", LOWER)
+    m.info["turn_ttft_ms"] = series
+    return m.to_dict()
+
+
+def gpu_series(started_at: float, util: list[float]) -> dict:
+    """A recorded telemetry series as bench.finish() stores it."""
+    device = DeviceInfo(0, "GPU-00000000", "Test GPU", 80_000.0, 700.0)
+    samples = [Sample(float(t), (GpuReading(u, 1000.0 + 10 * t, 80_000.0, 50.0, 300.0, 700.0, 1500),))
+               for t, u in enumerate(util)]
+    return TelemetrySeries(available=True, interval_s=1.0, started_at=started_at, devices=[device],
+                           samples=samples).to_dict()
+
+
+@pytest.fixture
+def full_run(tmp_path: Path):
+    """Two configs with every kind of data the plots use."""
+    def tests(scale: float, seed: int) -> dict:
+        ttft = ttft_measurement(latencies(80 * scale, seed))
+        ttft["telemetry_series"] = gpu_series(1_700_000_000.0 + seed, [50, 90, 70])
+        return {"ttft[short]": ttft, "ttft[long]": ttft_measurement(latencies(300 * scale, seed + 1)),
+                "kv_cache": kv_measurement(600 * scale, 60 * scale, seed + 2),
+                "throughput[1]": throughput_measurement(latencies(500 * scale, seed + 3), concurrency=1),
+                "throughput[4]": throughput_measurement(latencies(800 * scale, seed + 4), concurrency=4),
+                "long_conversation": conversation_measurement(6, seed + 5)}
+    return store_run(tmp_path / "run", {"baseline": tests(1.0, 10), "prefix_caching": tests(0.8, 20)},
+                     params={"prefix_caching": {"enable_prefix_caching": True}})
+
+
+def test_report_html_is_written_beside_the_markdown(full_run) -> None:
+    paths = write_reports(full_run)
+    assert paths["html"] == full_run.root / "report.html" and paths["html"].is_file()
+    assert paths["markdown"].is_file() and paths["json"].is_file()
+
+
+def test_report_html_is_self_contained(full_run) -> None:
+    text = write_reports(full_run)["html"].read_text()
+    assert external_links(text) == []
+    assert "<link" not in text and "<script" not in text and "@import" not in text and "url(" not in text
+
+
+def test_report_html_embeds_every_plot_as_a_png_data_uri(full_run) -> None:
+    text = write_reports(full_run)["html"].read_text()
+    images = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(images) == 6
+    assert all(base64.b64decode(image).startswith(PNG_SIGNATURE) for image in images)
+    for caption in ("TTFT per config", "KV cache MISS vs HIT", "Throughput vs concurrency", "TTFT per turn",
+                    "Latency distributions", "GPU telemetry over time"):
+        assert caption in text
+
+
+def test_report_html_has_the_ranking_recommendation_and_details(full_run) -> None:
+    text = write_reports(full_run)["html"].read_text()
+    assert "<h2>Ranking</h2>" in text and "<h2>Recommendation</h2>" in text and "Details per config" in text
+    assert "prefix_caching" in text and "Δ" in text and "GPU telemetry" in text
+
+
+def test_report_html_escapes_stored_text(tmp_path: Path) -> None:
+    measurement = ttft_measurement(latencies(80, 1))
+    measurement["warnings"] = ["<script>alert(1)</script>"]
+    store = store_run(tmp_path / "run", {"baseline": {"ttft[short]": measurement}})
+    text = render_store_html(store, build_report(store))
+    assert "<script>" not in text and "&lt;script&gt;" in text
+
+
+def test_report_html_shows_the_regression_gate_from_the_manifest(tmp_path: Path) -> None:
+    store = store_run(tmp_path / "run", {"baseline": {"ttft[short]": ttft_measurement(latencies(80, 1))}})
+    verdict = {"config": "baseline", "metric": "ttft[short].ttft_ms", "statistic": "p50", "status": "regression",
+               "allowed_pct": 10.0, "unit": "ms", "old": 80.0, "new": 104.0, "change_pct": 30.0, "ci_low_pct": 20.0,
+               "ci_high_pct": 41.0, "n_old": 30, "n_new": 30, "significant": True}
+    store.update_manifest(regression_gate={"compared_with": "/runs/old", "verdicts": [verdict], "failed": 1})
+    text = render_store_html(store, build_report(store))
+    assert "Regression gate" in text and "/runs/old" in text and "REGRESSION" in text and "+30.0%" in text
+
+
+def test_plots_are_pngs(full_run) -> None:
+    report, results = build_report(full_run), full_run.all_configs()
+    for png in (ttft_png(report), kv_cache_png(report), throughput_png(report), latency_distributions_png(report),
+                turn_ttft_png(results), telemetry_png(results)):
+        assert png is not None and png.startswith(PNG_SIGNATURE)
+
+
+def test_a_plot_whose_data_is_absent_is_skipped(tmp_path: Path) -> None:
+    store = store_run(tmp_path / "run", {"baseline": {"ttft[short]": ttft_measurement(latencies(80, 1))}})
+    report, results = build_report(store), store.all_configs()
+    assert kv_cache_png(report) is None and throughput_png(report) is None
+    assert turn_ttft_png(results) is None and telemetry_png(results) is None
+    assert [caption for caption, _ in report_plots(report, results)] == [
+        "TTFT per config, p50 with 95% bootstrap CI", "Latency distributions (raw samples)"]
+
+
+def test_an_empty_store_yields_no_plots(tmp_path: Path) -> None:
+    store = store_run(tmp_path / "run", {"baseline": {}})
+    assert report_plots(build_report(store), store.all_configs()) == []
+
+
+def test_telemetry_of_a_configs_benchmarks_is_joined_on_one_clock() -> None:
+    tests = [{"measurement": {"telemetry_series": gpu_series(1000.0, [10, 20])}},
+             {"measurement": {"telemetry_series": gpu_series(1010.0, [30, 40, 50])}},
+             {"measurement": {"telemetry_series": {"available": False, "reason": "no GPU"}}}]
+    merged = merged_telemetry(tests)
+    assert [s.t for s in merged.samples] == [0.0, 1.0, 10.0, 11.0, 12.0]
+    assert merged_telemetry(tests[2:]) is None
+
+
+def test_a_benchmarks_own_plot_covers_its_sample_metrics() -> None:
+    png = measurement_png(ttft_measurement(latencies(80, 1)), "baseline / ttft[short]")
+    assert png.startswith(PNG_SIGNATURE)
+    assert measurement_png({"samples": {}}, "nothing") is None
+
+
+def test_markdown_tables_and_bullets_become_html() -> None:
+    text = markdown_fragment_html("## T\n\n| a | b |\n|---|---:|\n| `x` | 1 \\| 2 |\n\n- **warn** <b>")
+    assert "<h3>T</h3>" in text and "<th>a</th>" in text and "<td><code>x</code></td>" in text
+    assert "<td>1 | 2</td>" in text and "<li><strong>warn</strong> &lt;b&gt;</li>" in text
+
+
+def test_pytest_html_gets_a_summary_section_and_per_test_extras(pytester, write_grid):
+    pytester.makepyfile(benchmarks_ttft=(REPO / "benchmarks" / "test_ttft.py").read_text())
+    pytester.makeini("[pytest]\npython_files = benchmarks_*.py\n")
+    grid = write_grid(fake_grid([{"name": "baseline"}, {"name": "other", "env": {"FAKE_VLLM_TTFT_MS": "15"}}]))
+    result = pytester.runpytest_subprocess("benchmarks_ttft.py", "--grid", str(grid), "--results-dir", "out",
+                                           "--html", "ph.html", "--self-contained-html", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+    text = (pytester.path / "ph.html").read_text()
+    assert 'class="vllmgrid"' in text and "Recommendation" in text and "TTFT per config" in text
+    assert text.count("data:image/png;base64,") >= 4 + 2  # one extra per benchmark, plots in the summary
+    assert "ttft[short] samples" in text
+    assert external_links(text, ("src",)) == []  # pytest-html's own footer links to its PyPI page
+    summary = text[text.index('<div class="vllmgrid">'):]
+    assert external_links(summary[:summary.index("</div>")]) == []
+    assert not (pytester.path / "assets").exists()
