@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator, Sequence, TypeVar
@@ -19,6 +20,7 @@ from pytest_vllmgrid.load import run_event_loop
 from pytest_vllmgrid.measurement import LOWER, Measurement
 from pytest_vllmgrid.server_metrics import MetricsUnavailable, diff, fetch_metrics
 from pytest_vllmgrid.thresholds import Thresholds, Verdict, judge
+from pytest_vllmgrid.telemetry import TelemetryWarning
 from pytest_vllmgrid.telemetry import AlertThresholds, TelemetrySampler, TelemetrySeries, measurement_telemetry
 
 T = TypeVar("T")
@@ -198,6 +200,8 @@ class BenchContext:
             if not series.available:
                 measurement.info["telemetry"]["unavailable"] = series.reason
             measurement.warnings += [f"GPU alert: {a['message']}" for a in tele["alerts"]]
+            for alert in tele["alerts"]:  # shown in pytest's warnings summary on the terminal
+                warnings.warn(TelemetryWarning(f"{self.config.name}: {alert['message']}"), stacklevel=2)
         data = measurement.to_dict()
         data["settings"] = self.settings.model_dump()
         if series is not None and series.available:

@@ -545,3 +545,35 @@ def test_real_gpu_is_sampled(monkeypatch: pytest.MonkeyPatch) -> None:
     assert series.available and series.errors == 0 and len(series.samples) >= 4
     reading = series.samples[-1].gpus[0]
     assert reading.mem_total_mb and reading.temp_c is not None and reading.power_w is not None
+
+
+def test_recorded_h100_grid_run_replays_into_the_reports_telemetry_section(tmp_path):
+    """A real H100 run through the plugin (tests/data/h100_grid_run): the report shows each config's GPU load."""
+    import shutil
+
+    from pytest_vllmgrid.report import write_reports
+    from pytest_vllmgrid.results import ResultsStore
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "data" / "h100_grid_run", run)
+    paths = write_reports(ResultsStore(run))
+    markdown = paths["markdown"].read_text()
+    section = markdown.split("## GPU telemetry", 1)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| gpu_")]
+    assert [row.split("|")[1].strip() for row in rows] == ["gpu_a", "gpu_b"]
+    assert all("H100" in row for row in rows)
+    util_means = [float(row.split("|")[5]) for row in rows]
+    assert min(util_means) > 50
+    assert "data:image/png;base64," in paths["html"].read_text()
+
+
+def test_report_says_why_telemetry_was_unavailable(tmp_path):
+    from pytest_vllmgrid.report import write_reports
+    from pytest_vllmgrid.results import ResultsStore
+
+    store = ResultsStore(tmp_path)
+    store.reset_config("cpu", {"params": {}})
+    store.record_test("cpu", "ttft", {"measurement": {"metrics": {}, "info": {"telemetry": {
+        "unavailable": "NVML init failed: NVML Shared Library Not Found"}}}})
+    markdown = write_reports(store)["markdown"].read_text()
+    assert "`cpu`: telemetry unavailable: NVML init failed: NVML Shared Library Not Found" in markdown
