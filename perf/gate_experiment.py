@@ -12,9 +12,11 @@ status is recorded). The rates then come from the stored raw samples:
   * between-run A/A: every ordered pair (A_i, A_j), i != j, judged as OLD=A_i, NEW=A_j;
   * within-run A/A: each A run's samples split at random into two halves, several times per run;
   * detection: every pair (A_i, S_j);
-each for allowed percentages from 0 to 50 %. Then, with 3 runs on each side (every 3+3 split of the A
-runs; every A triple against the slow runs), two multi-run judges the gate does not ship: runs as the
-unit (Welch t on the log of each run's median) and stats.compare on the pooled samples.
+each for allowed percentages from 0 to 50 %. Then, with several runs per side, the gate's own multi-run
+judge (gate.judge_test with one stored test per run: runs as the unit, stats.compare_runs_level):
+  * 3 vs 1: every A triple as OLD against each remaining A run (A/A) and against each slow run;
+  * 3 vs 3: every 3+3 split of the A runs (A/A) and every A triple against the slow runs;
+and, for contrast, 3 vs 3 with the runs' samples pooled into one run (request-level bootstrap).
 Pairs share runs, so trials are not independent: the rates describe these runs, with that caveat.
 """
 
@@ -44,8 +46,6 @@ SLOW_PARAMS = {"description": "baseline made slow: chunked prefill in 64-token c
 SPLITS_PER_RUN = 20
 SWEEP_PCT = (0, 5, 10, 20, 30, 50)
 RUNS_PER_SIDE, RUN_LEVEL_PCT = 3, 10.0
-# one-sided 97.5% Student t quantiles by degrees of freedom (numpy has no t distribution)
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def write_grid(out: Path, name: str, extra_params: dict[str, Any]) -> Path:
@@ -93,11 +93,16 @@ def load_tests(out: Path, kind: str) -> list[dict[str, dict]]:
     return [t for t in tests if t]
 
 
-def judge_pair(old: dict[str, dict], new: dict[str, dict], specs: list[GateSpec]) -> dict[str, bool]:
-    """spec text -> regression? for one OLD/NEW pair of stored runs."""
+Side = dict[str, dict] | list[dict[str, dict]]
+
+
+def judge_pair(old: Side, new: Side, specs: list[GateSpec]) -> dict[str, bool]:
+    """spec text -> regression? for one OLD/NEW pair: a stored run's tests, or a list of runs (runs as the unit)."""
     flagged = {s.text: False for s in specs}
     for key in ("ttft[short]", "ttft[long]"):
-        for verdict in judge_test(CONFIG, key, old.get(key), new.get(key), specs):
+        old_test = [run.get(key) for run in old] if isinstance(old, list) else old.get(key)
+        new_test = [run.get(key) for run in new] if isinstance(new, list) else new.get(key)
+        for verdict in judge_test(CONFIG, key, old_test, new_test, specs):
             flagged[verdict.spec] |= verdict.failed
     return flagged
 
@@ -126,21 +131,6 @@ def with_allowed(pct: float) -> list[GateSpec]:
     return parse_specs([f"{s.rsplit(':', 1)[0]}:{pct:g}%" for s in SPECS])
 
 
-def run_medians(runs: list[dict[str, dict]], key: str) -> np.ndarray:
-    """log of each run's TTFT median for one test key."""
-    return np.log([np.median(run[key]["measurement"]["samples"]["ttft_ms"]) for run in runs])
-
-
-def run_level_regression(old: np.ndarray, new: np.ndarray, allowed_pct: float) -> bool:
-    """Runs as the unit: Welch t on log run medians; worse than allowed and one-sided 97.5% bound above 0."""
-    diff = float(new.mean() - old.mean())
-    v_old, v_new = old.var(ddof=1) / old.size, new.var(ddof=1) / new.size
-    se = float(np.sqrt(v_old + v_new))
-    df = (v_old + v_new) ** 2 / (v_old ** 2 / (old.size - 1) + v_new ** 2 / (new.size - 1))
-    t975 = T975[min(max(int(df), 1), max(T975))]
-    return bool(np.expm1(diff) * 100 > allowed_pct and diff - t975 * se > 0)
-
-
 def pooled(runs: list[dict[str, dict]]) -> dict[str, dict]:
     """Several runs' tests as one run: raw samples concatenated (what a multi-run OLD/NEW would give stats.compare)."""
     out: dict[str, dict] = {}
@@ -154,22 +144,28 @@ def pooled(runs: list[dict[str, dict]]) -> dict[str, dict]:
 
 def run_level_trials(a_runs: list[dict[str, dict]], s_runs: list[dict[str, dict]], per_side: int,
                      allowed_pct: float) -> dict[str, dict[str, list[int]]]:
-    """A/A: every split of the A runs into OLD/NEW groups of `per_side`; detection: every A group vs the S runs."""
-    out: dict[str, dict[str, list[int]]] = {"A/A (runs as unit)": {}, "slow vs A (runs as unit)": {}}
-    groups = [list(g) for g in itertools.combinations(range(len(a_runs)), per_side)]
-    rest = [[i for i in range(len(a_runs)) if i not in g][:per_side] for g in groups]
-    for key, label in (("ttft[short]", "ttft_p50"), ("ttft[long]", "ttft_long_p50")):
-        medians_a, medians_s = run_medians(a_runs, key), run_medians(s_runs, key)
-        aa = [run_level_regression(medians_a[g], medians_a[r], allowed_pct) for g, r in zip(groups, rest)]
-        det = [run_level_regression(medians_a[g], medians_s, allowed_pct) for g in groups]
-        out["A/A (runs as unit)"][label] = [int(sum(aa)), len(aa)]
-        out["slow vs A (runs as unit)"][label] = [int(sum(det)), len(det)]
+    """Through the gate's judge with several runs per side: 3 vs 1, 3 vs 3, and 3 vs 3 pooled into one run each.
+
+    A/A: every group of `per_side` A runs as OLD against each remaining A run (vs 1) or the remaining group
+    (vs `per_side`); detection: every A group against each slow run (vs 1) or all of them (vs `per_side`)."""
     specs = with_allowed(allowed_pct)
-    olds = [pooled([a_runs[i] for i in g]) for g in groups]
-    for name, trials in (("A/A (pooled samples)", [judge_pair(old, pooled([a_runs[i] for i in r]), specs)
-                                                   for old, r in zip(olds, rest)]),
-                         ("slow vs A (pooled samples)", [judge_pair(old, pooled(s_runs), specs) for old in olds])):
-        out[name] = {spec.text.rsplit(":", 1)[0]: rate(trials, spec.text) for spec in specs}
+    groups = [list(g) for g in itertools.combinations(range(len(a_runs)), per_side)]
+    rest = [[i for i in range(len(a_runs)) if i not in g] for g in groups]
+    olds = [[a_runs[i] for i in g] for g in groups]
+    n = per_side
+    trials = {
+        f"A/A {n} vs 1": [(old, a_runs[j]) for old, r in zip(olds, rest) for j in r],
+        f"slow vs A {n} vs 1": [(old, s) for old in olds for s in s_runs],
+        f"A/A {n} vs {n}": [(old, [a_runs[j] for j in r[:n]]) for old, r in zip(olds, rest)],
+        f"slow vs A {n} vs {n}": [(old, s_runs[:n]) for old in olds],
+        f"A/A {n} vs {n}, samples pooled": [(pooled(old), pooled([a_runs[j] for j in r[:n]]))
+                                             for old, r in zip(olds, rest)],
+        f"slow vs A {n} vs {n}, samples pooled": [(pooled(old), pooled(s_runs[:n])) for old in olds],
+    }
+    out: dict[str, dict[str, list[int]]] = {}
+    for name, pairs in trials.items():
+        judged = [judge_pair(old, new, specs) for old, new in pairs]
+        out[name] = {"any": rate(judged), **{spec.text.rsplit(":", 1)[0]: rate(judged, spec.text) for spec in specs}}
     return out
 
 
@@ -215,8 +211,8 @@ def print_summary(summary: dict[str, Any]) -> None:
             print(f"  {name:34s} " + " | ".join(cells))
     if "runs_as_unit" in summary:
         unit = summary["runs_as_unit"]
-        print(f"{unit['per_side']} runs per side (runs as the unit: Welch t on log run medians; pooled: "
-              "stats.compare on the concatenated samples), allowed "
+        print(f"several runs per side (gate.judge_test on a list of runs: runs as the unit, "
+              f"stats.compare_runs_level; pooled: one run of the concatenated samples), allowed "
               f"{unit['allowed_pct']:g}%:")
         for name in [n for n in unit if n.startswith(("A/A", "slow"))]:
             cells = [f"{label} {f}/{t} ({f / t:.0%})" for label, (f, t) in unit[name].items()]

@@ -1,7 +1,9 @@
-"""Regression gate: `METRIC:PCT` specs judged on two runs' raw samples (bootstrap of the change).
+"""Regression gate: `METRIC:PCT` specs judged on stored runs' raw samples.
 
-A spec fails a config only when the stored metric got worse by more than PCT *and* the bootstrap
-CI of the relative change excludes zero on the bad side (stats.compare). Pure functions return
+A spec fails a config only when the stored metric got worse by more than PCT *and* the CI of the
+relative change excludes zero on the bad side. One run per side: bootstrap of the requests
+(stats.compare; blind to run-to-run variance). Several runs on a side: the run is the unit
+(stats.compare_runs_level, a t interval on the log of each run's statistic). Pure functions return
 verdicts; `configure_gate` / `check_regression` are the thin pytest glue plugin.py calls.
 """
 
@@ -10,15 +12,16 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pytest
 
 from pytest_vllmgrid.grid import suggest
 from pytest_vllmgrid.measurement import HIGHER
 from pytest_vllmgrid.report.model import _fmt as fmt_number
 from pytest_vllmgrid.results import ResultsStore
-from pytest_vllmgrid.stats import MIN_SAMPLES_FOR_SIGNIFICANCE, STATISTICS, Comparison, compare
+from pytest_vllmgrid.stats import MIN_SAMPLES_FOR_SIGNIFICANCE, STATISTICS, Comparison, compare_runs_level
 from pytest_vllmgrid.thresholds import METRICS, _unknown_metric
 
 # Short names for the metrics a CI gate usually watches: alias -> TEST.METRIC[:STAT].
@@ -132,6 +135,9 @@ class GateVerdict:
     significant: bool = False
     note: str = ""
     spec: str | None = None
+    runs_old: int = 1  # stored runs judged on each side (several: runs as the unit)
+    runs_new: int = 1
+    method: str = ""  # how the change and its CI were computed (stats.Comparison.method)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (stored in the results and the manifest)."""
@@ -178,67 +184,79 @@ class GateVerdict:
         return f"{self.config}: {self.metric} {self.statistic}{values}{change}{allowed}: {self.verdict_text()}"
 
 
-def judge_metric(config: str, metric_key: str, old_test: dict[str, Any] | None, new_test: dict[str, Any] | None,
+Tests = dict[str, Any] | Sequence[dict[str, Any] | None] | None
+"""One config's stored test on one side: a test dict, None, or one per stored run (None where absent)."""
+
+
+def judge_metric(config: str, metric_key: str, old_test: Tests, new_test: Tests,
                  allowed_pct: float | None, statistic: str | None = None, spec: str | None = None) -> GateVerdict:
-    """Judge one stored metric of one config: bootstrap of the relative change of its raw samples."""
+    """Judge one stored metric of one config on its raw samples; several runs on a side: runs as the unit."""
     name = metric_key.rsplit(".", 1)[1]
-    old_meas, new_meas = _measurement(old_test), _measurement(new_test)
-    meta = (new_meas.get("metrics") or {}).get(name) or (old_meas.get("metrics") or {}).get(name) or {}
+    old_runs, new_runs = _measurements(old_test), _measurements(new_test)
+    meta = next((m["metrics"][name] for m in new_runs + old_runs if (m.get("metrics") or {}).get(name)), {})
     stat = statistic or DEFAULT_STATISTIC
     verdict = GateVerdict(config=config, metric=metric_key, statistic=stat, status=MISSING, allowed_pct=allowed_pct,
                           unit=meta.get("unit", ""), higher_is_better=meta.get("better") == HIGHER, spec=spec)
-    old_values, new_values = _samples(old_meas, name), _samples(new_meas, name)
+    old_values, new_values = _run_samples(old_runs, name), _run_samples(new_runs, name)
     benchmark = metric_key.rsplit(".", 1)[0].split("[", 1)[0]
     proxy = RATE_PROXIES.get(f"{benchmark}.{name}") if old_values is None or new_values is None else None
-    if proxy and _samples(old_meas, proxy) and _samples(new_meas, proxy):
-        return _judge_rate(verdict, old_meas, new_meas, name, proxy)
+    if proxy and _run_samples(old_runs, proxy, non_empty=True) and _run_samples(new_runs, proxy, non_empty=True):
+        return _judge_rate(verdict, old_runs, new_runs, name, proxy)
     if not meta:
         verdict.note = "not measured in either run"
     elif old_values is None or new_values is None:
-        side = "OLD" if old_values is None else "NEW"
-        has_value = name in ((old_meas if side == "OLD" else new_meas).get("metrics") or {})
+        side, runs = ("OLD", old_runs) if old_values is None else ("NEW", new_runs)
+        has_value = any(name in (m.get("metrics") or {}) for m in runs)
         verdict.status = NOT_JUDGED if has_value else MISSING
         verdict.note = (f"no raw samples stored in {side} (a single value cannot be tested)" if has_value
                         else f"not measured in {side}")
-    elif not old_values or not new_values:
+    elif not all(old_values) or not all(new_values):
         verdict.status, verdict.note = NOT_JUDGED, "an empty sample (every request failed?)"
     else:
         try:
-            result = compare(old_values, new_values, statistic=stat, higher_is_better=verdict.higher_is_better,
-                             allowed_pct=allowed_pct or 0.0)
+            result = compare_runs_level(old_values, new_values, statistic=stat,
+                                        higher_is_better=verdict.higher_is_better, allowed_pct=allowed_pct or 0.0)
         except ValueError as exc:  # a zero baseline statistic, NaN in a sample
             verdict.status, verdict.note = NOT_JUDGED, str(exc)
             return verdict
         verdict.old, verdict.new = result.old, result.new
-        _settle(verdict, result, result.change_pct, result.ci_low_pct, result.ci_high_pct)
+        _settle(verdict, result, result.change_pct, result.ci_low_pct, result.ci_high_pct, old_values, new_values)
     return verdict
 
 
-def _judge_rate(verdict: GateVerdict, old_meas: dict[str, Any], new_meas: dict[str, Any], name: str,
+def _judge_rate(verdict: GateVerdict, old_runs: list[dict[str, Any]], new_runs: list[dict[str, Any]], name: str,
                 proxy: str) -> GateVerdict:
     """A rate without raw samples, judged as 1 / mean(proxy samples): a drop of a% is a rise of a/(100-a)%."""
     allowed = verdict.allowed_pct or 0.0
     allowed_rise = allowed / (100.0 - allowed) * 100.0 if allowed < 100 else float("inf")
-    result = compare(_samples(old_meas, proxy), _samples(new_meas, proxy), statistic="mean",
-                     higher_is_better=False, allowed_pct=allowed_rise)
+    old_runs = [m for m in old_runs if _samples(m, proxy)]
+    new_runs = [m for m in new_runs if _samples(m, proxy)]
+    old_values = [_samples(m, proxy) or [] for m in old_runs]
+    new_values = [_samples(m, proxy) or [] for m in new_runs]
+    result = compare_runs_level(old_values, new_values, statistic="mean", higher_is_better=False,
+                                allowed_pct=allowed_rise)
 
     def inverse(pct: float) -> float:
         return 100.0 / (1.0 + pct / 100.0) - 100.0
     verdict.statistic = f"via 1/mean({proxy})"
-    verdict.old = (old_meas.get("metrics") or {}).get(name, {}).get("value")
-    verdict.new = (new_meas.get("metrics") or {}).get(name, {}).get("value")
+    verdict.old, verdict.new = _stored_value(old_runs, name), _stored_value(new_runs, name)
     return _settle(verdict, result, inverse(result.change_pct), inverse(result.ci_high_pct),
-                   inverse(result.ci_low_pct))
+                   inverse(result.ci_low_pct), old_values, new_values)
 
 
-def _settle(verdict: GateVerdict, result: Comparison, change: float, ci_low: float, ci_high: float) -> GateVerdict:
+def _settle(verdict: GateVerdict, result: Comparison, change: float, ci_low: float, ci_high: float,
+            old_values: list[list[float]], new_values: list[list[float]]) -> GateVerdict:
     """Copy a comparison's change, CI and sizes into the verdict and decide its status."""
     verdict.change_pct, verdict.ci_low_pct, verdict.ci_high_pct = change, ci_low, ci_high
     verdict.n_old, verdict.n_new, verdict.significant = result.n_old, result.n_new, result.significant
-    if min(result.n_old, result.n_new) < MIN_SAMPLES_FOR_SIGNIFICANCE:
+    verdict.runs_old, verdict.runs_new, verdict.method = len(old_values), len(new_values), result.method
+    smallest = min(len(values) for values in old_values + new_values)
+    if smallest < MIN_SAMPLES_FOR_SIGNIFICANCE:
         verdict.status = NOT_JUDGED
         verdict.note = (f"n={result.n_old}/{result.n_new}: fewer than {MIN_SAMPLES_FOR_SIGNIFICANCE} samples "
-                        "on one side (raise --vllm-repetitions)")
+                        "on one side (raise --vllm-repetitions)" if len(old_values) == len(new_values) == 1 else
+                        f"a run with n={smallest}: fewer than {MIN_SAMPLES_FOR_SIGNIFICANCE} samples in a run "
+                        "(raise --vllm-repetitions)")
     elif verdict.allowed_pct is None:
         verdict.status = INFO
     else:
@@ -246,33 +264,41 @@ def _settle(verdict: GateVerdict, result: Comparison, change: float, ci_low: flo
     return verdict
 
 
-def judge_test(config: str, test_key: str, old_test: dict[str, Any] | None, new_test: dict[str, Any] | None,
+def judge_test(config: str, test_key: str, old_test: Tests, new_test: Tests,
                specs: list[GateSpec]) -> list[GateVerdict]:
     """Verdicts for one config's test; without specs, every headline sample metric, shown not gated."""
-    names = list(dict.fromkeys([*(_measurement(new_test).get("metrics") or {}),
-                                *(_measurement(old_test).get("metrics") or {})]))
+    tests = [*_tests(new_test), *_tests(old_test)]
+    names = list(dict.fromkeys(name for test in tests for name in _measurement(test).get("metrics") or {}))
     verdicts = []
     for name in names:
         key = f"{test_key}.{name}"
         if specs:
             verdicts += [judge_metric(config, key, old_test, new_test, s.allowed_pct, s.statistic, s.text)
                          for s in specs if s.matches(test_key, name)]
-        elif _is_headline_sample(new_test, name) or _is_headline_sample(old_test, name):
+        elif any(_is_headline_sample(test, name) for test in tests):
             verdicts.append(judge_metric(config, key, old_test, new_test, None))
     return verdicts
 
 
-def compare_runs(old: ResultsStore, new: ResultsStore, specs: list[GateSpec]) -> list[GateVerdict]:
-    """Every config of NEW that OLD has too (matched by name), every test, judged by the specs."""
-    old_results = old.all_configs()
+Runs = ResultsStore | Sequence[ResultsStore]
+"""One side of a comparison: one stored run, or several runs of the same configs."""
+
+
+def compare_runs(old: Runs, new: Runs, specs: list[GateSpec]) -> list[GateVerdict]:
+    """Every config of NEW that OLD has too (matched by name), every test, judged by the specs.
+
+    With several runs on a side, each config/test is judged over the runs that hold it (runs as the unit)."""
+    old_results, new_results = [s.all_configs() for s in _stores(old)], [s.all_configs() for s in _stores(new)]
     verdicts = []
-    for config, new_data in new.all_configs().items():
-        old_data = old_results.get(config)
-        if old_data is None:
+    for config in dict.fromkeys(name for results in new_results for name in results):
+        old_data = [results[config] for results in old_results if config in results]
+        if not old_data:
             continue
-        old_tests, new_tests = old_data.get("tests") or {}, new_data.get("tests") or {}
-        for test_key in dict.fromkeys([*new_tests, *old_tests]):
-            verdicts += judge_test(config, test_key, old_tests.get(test_key), new_tests.get(test_key), specs)
+        new_data = [results[config] for results in new_results if config in results]
+        old_tests, new_tests = ([d.get("tests") or {} for d in data] for data in (old_data, new_data))
+        for test_key in dict.fromkeys([*(k for t in new_tests for k in t), *(k for t in old_tests for k in t)]):
+            verdicts += judge_test(config, test_key, [t.get(test_key) for t in old_tests],
+                                   [t.get(test_key) for t in new_tests], specs)
     return verdicts
 
 
@@ -282,10 +308,28 @@ def unmatched_specs(specs: list[GateSpec], verdicts: list[GateVerdict]) -> list[
     return [s for s in specs if s.text not in used]
 
 
-def unmatched_configs(old: ResultsStore, new: ResultsStore) -> tuple[list[str], list[str]]:
-    """Config names only in OLD, and only in NEW."""
-    old_names, new_names = set(old.all_configs()), set(new.all_configs())
+def unmatched_configs(old: Runs, new: Runs) -> tuple[list[str], list[str]]:
+    """Config names only in OLD, and only in NEW (in no run of the other side)."""
+    old_names, new_names = ({name for store in _stores(side) for name in store.all_configs()} for side in (old, new))
     return sorted(old_names - new_names), sorted(new_names - old_names)
+
+
+def open_runs(paths: Sequence[str | Path], what: str = "run") -> list[ResultsStore]:
+    """Several stored results directories for one side; each at most once (a copy is not another run)."""
+    if not paths:
+        raise GateError(f"{what}: no results directory given")
+    seen: dict[Path, str] = {}
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise GateError(f"{what} {path}: given twice (as {seen[resolved]}); each run counts once")
+        seen[resolved] = str(path)
+    return [open_run(path, what) for path in paths]
+
+
+def runs_label(paths: Sequence[str | Path] | str | Path) -> str:
+    """`old` for one run, `a, b, c` for several."""
+    return str(paths) if isinstance(paths, (str, Path)) else ", ".join(str(p) for p in paths)
 
 
 def open_run(path: str | Path, what: str = "run") -> ResultsStore:
@@ -303,13 +347,24 @@ def render_table(verdicts: list[GateVerdict]) -> list[str]:
     header = ["config", "metric", "stat", "old", "new", "change [95% CI]", "allowed", "verdict"]
     rows = [[v.config, v.metric, v.statistic, _cell(v.old, v.unit), _cell(v.new, v.unit), v.change_text(),
              v.allowed_text() or "-", v.verdict_text()] for v in verdicts]
+    if any((v.runs_old, v.runs_new) != (1, 1) for v in verdicts):  # several runs: say how many were judged
+        header.insert(3, "runs")
+        for row, v in zip(rows, verdicts):
+            row.insert(3, f"{v.runs_old}/{v.runs_new}" if v.change_pct is not None else "-")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in [header, *rows]]
 
 
-def summary_lines(verdicts: list[GateVerdict], specs: list[GateSpec], old_root: Path) -> list[tuple[str, bool]]:
+def summary_lines(verdicts: list[GateVerdict], specs: list[GateSpec], old_root: Path | str) -> list[tuple[str, bool]]:
     """(line, is_bad) pairs: the table, any spec that judged nothing, and the outcome."""
     lines = [(f"compared with {old_root}", False)]
+    judged = [v for v in verdicts if v.change_pct is not None]
+    if judged and all((v.runs_old, v.runs_new) == (1, 1) for v in judged):
+        lines.append(("one run per side: the CI covers request-to-request noise only, not run-to-run variance "
+                      "(compare several runs per side; docs/regression-gate.md)", False))
+    elif judged:
+        lines.append(("runs as the unit: t interval on the log of each run's statistic (column runs: OLD/NEW runs "
+                      "judged)", False))
     lines += [(line, "REGRESSION" in line) for line in render_table(verdicts)] if verdicts else [
         ("(no config/test in common)", True)]
     lines += [(f"WARNING: {s.text} judged nothing: no metric it names has >= {MIN_SAMPLES_FOR_SIGNIFICANCE} raw "
@@ -323,6 +378,35 @@ def summary_lines(verdicts: list[GateVerdict], specs: list[GateSpec], old_root: 
 
 def _measurement(test: dict[str, Any] | None) -> dict[str, Any]:
     return (test or {}).get("measurement") or {}
+
+
+def _tests(test: Tests) -> list[dict[str, Any]]:
+    """One side's stored tests, one per run that holds the test."""
+    return [t for t in (test if isinstance(test, (list, tuple)) else [test]) if t is not None]
+
+
+def _measurements(test: Tests) -> list[dict[str, Any]]:
+    return [_measurement(t) for t in _tests(test)]
+
+
+def _run_samples(runs: list[dict[str, Any]], name: str, non_empty: bool = False) -> list[list[float]] | None:
+    """The raw samples of `name` of every run that stored them (None when no run did)."""
+    found = [values for values in (_samples(m, name) for m in runs) if values is not None and (values or not non_empty)]
+    return found or None
+
+
+def _stored_value(runs: list[dict[str, Any]], name: str) -> float | None:
+    """The stored value of one run; the geometric mean over several (None when a run lacks a positive one)."""
+    values = [((m.get("metrics") or {}).get(name) or {}).get("value") for m in runs]
+    if len(values) == 1:
+        return values[0]
+    if not values or any(not isinstance(v, (int, float)) or v <= 0 for v in values):
+        return None
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def _stores(runs: Runs) -> list[ResultsStore]:
+    return [runs] if isinstance(runs, ResultsStore) else list(runs)
 
 
 def _samples(measurement: dict[str, Any], name: str) -> list[float] | None:
@@ -344,56 +428,69 @@ def _cell(value: float | None, unit: str = "") -> str:
 
 @dataclass
 class RegressionGate:
-    """--vllm-compare's old run and --vllm-compare-fail's specs, for this pytest run."""
+    """--vllm-compare's stored run(s) and --vllm-compare-fail's specs, for this pytest run."""
 
-    old: ResultsStore
+    olds: list[ResultsStore]
     specs: list[GateSpec]
 
+    @property
+    def label(self) -> str:
+        """The compared run directories, as the messages name them."""
+        return runs_label([store.root for store in self.olds])
+
     def check(self, new: ResultsStore, config: str, test_key: str) -> list[GateVerdict]:
-        """Judge one test just stored in NEW against OLD's same config/test; store the verdicts."""
+        """Judge one test just stored in NEW against the OLD runs' same config/test; store the verdicts."""
         new_data = new.load_config(config) or {}
         new_test = (new_data.get("tests") or {}).get(test_key)
         if new_test is None:
             return []
-        old_test = ((self.old.load_config(config) or {}).get("tests") or {}).get(test_key)
-        verdicts = judge_test(config, test_key, old_test, new_test, self.specs)
+        old_tests = [((old.load_config(config) or {}).get("tests") or {}).get(test_key) for old in self.olds]
+        verdicts = judge_test(config, test_key, old_tests, new_test, self.specs)
         if verdicts:
             new.record_test(config, test_key, {"regression_gate": {
-                "compared_with": str(self.old.root), "verdicts": [v.to_dict() for v in verdicts]}})
+                "compared_with": self.label, "verdicts": [v.to_dict() for v in verdicts]}})
         return verdicts
 
     def manifest_entry(self, new: ResultsStore) -> dict[str, Any]:
         """What the run manifest keeps of the comparison (the reports show it)."""
-        verdicts = compare_runs(self.old, new, self.specs)
-        return {"compared_with": str(self.old.root), "specs": [s.text for s in self.specs],
-                "failed": sum(v.failed for v in verdicts), "verdicts": [v.to_dict() for v in verdicts]}
+        verdicts = compare_runs(self.olds, new, self.specs)
+        return {"compared_with": self.label, "compared_runs": [str(old.root) for old in self.olds],
+                "specs": [s.text for s in self.specs], "failed": sum(v.failed for v in verdicts),
+                "verdicts": [v.to_dict() for v in verdicts]}
 
 
 GATE_KEY = pytest.StashKey[RegressionGate]()
 
 
+def run_dirs(values: Iterable[str] | str | None) -> list[str]:
+    """--vllm-compare values: repeated options, each maybe comma-separated; the ini key also splits on spaces."""
+    if isinstance(values, str):
+        return [part for part in re.split(r"[\s,]+", values) if part]
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
 def configure_gate(config: pytest.Config) -> None:
     """Read --vllm-compare / --vllm-compare-fail; mistakes are UsageErrors."""
-    run_dir = config.getoption("vllm_compare", None)
+    dirs = run_dirs(config.getoption("vllm_compare", None))
     raw_specs = config.getoption("vllm_compare_fail", None)
     try:
         specs = parse_specs(raw_specs)
-        if specs and not run_dir:
+        if specs and not dirs:
             raise GateError("--vllm-compare-fail needs --vllm-compare RUN_DIR (the stored run to compare with)")
-        if run_dir:
-            config.stash[GATE_KEY] = RegressionGate(open_run(run_dir, "--vllm-compare"), specs)
+        if dirs:
+            config.stash[GATE_KEY] = RegressionGate(open_runs(dirs, "--vllm-compare"), specs)
     except GateError as exc:
         raise pytest.UsageError(str(exc)) from None
 
 
 def check_regression(config: pytest.Config, store: ResultsStore | None, cfg_name: str, test_key: str) -> None:
-    """Fail the running test when its stored measurement regressed against the compared run."""
+    """Fail the running test when its stored measurement regressed against the compared run(s)."""
     gate = config.stash.get(GATE_KEY, None)
     if gate is None or store is None:
         return
     failed = [v for v in gate.check(store, cfg_name, test_key) if v.failed]
     if failed:
-        pytest.fail(f"regression vs {gate.old.root}: " + "; ".join(v.message() for v in failed), pytrace=False)
+        pytest.fail(f"regression vs {gate.label}: " + "; ".join(v.message() for v in failed), pytrace=False)
 
 
 def record_run(config: pytest.Config, store: ResultsStore) -> None:
@@ -409,4 +506,4 @@ def terminal_lines(config: pytest.Config, store: ResultsStore | None) -> list[tu
     if gate is None or store is None:
         return []
     entry = store.manifest().get("regression_gate") or gate.manifest_entry(store)
-    return summary_lines([GateVerdict(**v) for v in entry["verdicts"]], gate.specs, gate.old.root)
+    return summary_lines([GateVerdict(**v) for v in entry["verdicts"]], gate.specs, gate.label)

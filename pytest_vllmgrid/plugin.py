@@ -55,10 +55,13 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
      "results/ when no DIR is given): configs complete with the same config hash are skipped",
      {"nargs": "?", "const": "latest"}),
     (["--vllm-compare"], "vllm_compare", "regression gate: compare every benchmark with the same config/test of "
-     "this stored results directory (a comparison table is printed)", {}),
+     "this stored results directory (a comparison table is printed); repeatable or comma-separated for several "
+     "runs of the same deployment (recommended: the last 3), judged with the run as the unit",
+     {"action": "append"}),
     (["--vllm-compare-fail"], "vllm_compare_fail", "regression gate METRIC:PCT (repeatable; PCT in percent), e.g. "
      "ttft_p50:10, throughput:5, ttft[long].ttft_ms:p95:15: fail a benchmark whose metric is worse than "
-     "--vllm-compare's by more than PCT and significantly (bootstrap CI of the change on the raw samples)",
+     "--vllm-compare's by more than PCT and significantly (CI of the change: across runs when several are "
+     "compared, else a bootstrap of the raw samples)",
      {"action": "append"}),
 ]
 

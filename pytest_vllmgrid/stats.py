@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -388,3 +389,142 @@ def linear_slope(values: Sequence[float] | np.ndarray) -> float | None:
         return None
     slope, _ = np.polyfit(np.arange(sample.size, dtype=float), sample, 1)
     return float(slope)
+
+
+# ---- runs as the unit: several stored runs per side ------------------------------------------
+
+def _incomplete_beta(x: float, a: float, b: float) -> float:
+    """Regularized incomplete beta I_x(a, b), by its continued fraction (modified Lentz)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast only below this point
+        return 1.0 - _incomplete_beta(1.0 - x, b, a)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 1000):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * fraction / a
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student t distribution function with `df` (> 0, not necessarily whole) degrees of freedom."""
+    if not df > 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    tail = 0.5 * _incomplete_beta(df / (df + t * t), df / 2.0, 0.5)
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Inverse of `t_cdf`: the t with t_cdf(t, df) = p (bisection to float precision; no scipy)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    low, high = 0.0, 1.0
+    while t_cdf(high, df) < p:
+        low, high = high, high * 2.0
+    for _ in range(200):
+        middle = (low + high) / 2.0
+        if middle in (low, high):
+            break
+        low, high = (middle, high) if t_cdf(middle, df) < p else (low, middle)
+    return (low + high) / 2.0
+
+
+def compare_runs_level(
+    old_runs: Sequence[Sequence[float] | np.ndarray],
+    new_runs: Sequence[Sequence[float] | np.ndarray],
+    *,
+    statistic: str = "p50",
+    higher_is_better: bool,
+    allowed_pct: float,
+    confidence: float = DEFAULT_CONFIDENCE,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> Comparison:
+    """Judge several stored runs per side with the run as the unit (between-run variance included).
+
+    Each run's raw sample gives one value, stat(run); the change is the ratio of the geometric means
+    of those values on the two sides, minus 1, in percent (`old` / `new` hold the geometric means).
+    Its CI is a Student t interval on log stat(run):
+      * two or more runs on both sides: Welch (unequal variances, Welch-Satterthwaite df);
+      * one run on one side: that run's deviation from its side's true level is taken to have the
+        other side's run-to-run variance (se = s * sqrt(1/n_old + 1/n_new), df = n_other - 1);
+      * one run on each side: there is no run-to-run variance to estimate; this falls back to the
+        request-level bootstrap of `compare`, and `method` and `message` say so.
+    `regression` and `significant` follow `compare` exactly (worse than `allowed_pct` and the CI
+    bound nearest zero on the bad side). Nothing is significant when a run has fewer than
+    MIN_SAMPLES_FOR_SIGNIFICANCE values; `n_old` / `n_new` count the values of all runs of a side.
+    """
+    if allowed_pct < 0:
+        raise ValueError(f"allowed_pct must be >= 0, got {allowed_pct}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    olds = [_as_sample(run, "baseline values") for run in old_runs]
+    news = [_as_sample(run, "candidate values") for run in new_runs]
+    if not olds or not news or any(run.size == 0 for run in olds + news):
+        raise ValueError("a run-level comparison needs at least one non-empty run on each side")
+    if len(olds) == 1 and len(news) == 1:
+        result = compare(olds[0], news[0], statistic=statistic, higher_is_better=higher_is_better,
+                         allowed_pct=allowed_pct, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        result.method += "; one run per side: requests as the unit, between-run variance not accounted for"
+        result.message += " (one run per side: between-run variance not accounted for)"
+        return result
+    reducer = statistic_named(statistic)
+    per_run = {side: np.array([float(reducer(run)) for run in runs]) for side, runs in (("old", olds), ("new", news))}
+    if any(np.any(values <= 0) for values in per_run.values()):
+        raise ValueError(f"a run's {statistic} is <= 0; the run-level change is taken on the log scale")
+    log_old, log_new = np.log(per_run["old"]), np.log(per_run["new"])
+    n_o, n_n = log_old.size, log_new.size
+    diff = float(log_new.mean() - log_old.mean())
+    if n_o >= 2 and n_n >= 2:
+        v_o, v_n = log_old.var(ddof=1) / n_o, log_new.var(ddof=1) / n_n
+        se = math.sqrt(v_o + v_n)
+        df = (v_o + v_n) ** 2 / (v_o**2 / (n_o - 1) + v_n**2 / (n_n - 1)) if se > 0 else float(n_o + n_n - 2)
+        how = "Welch t interval"
+    else:
+        single, other, spread = ("OLD", "NEW", log_new) if n_o == 1 else ("NEW", "OLD", log_old)
+        se = float(spread.std(ddof=1)) * math.sqrt(1.0 / n_o + 1.0 / n_n)
+        df = float(spread.size - 1)
+        how = (f"t interval; one run on the {single} side: its run-to-run variance is taken from the "
+               f"{other} side's {spread.size} runs")
+    half = t_quantile(1.0 - (1.0 - confidence) / 2.0, df) * se
+    change_pct = math.expm1(diff) * 100.0
+    low, high = math.expm1(diff - half) * 100.0, math.expm1(diff + half) * 100.0
+    enough = min(run.size for run in olds + news) >= MIN_SAMPLES_FOR_SIGNIFICANCE
+    significant = enough and (low > 0.0 or high < 0.0)
+    bad_by_more_than_allowed = change_pct < -allowed_pct if higher_is_better else change_pct > allowed_pct
+    bad_side_excludes_zero = high < 0.0 if higher_is_better else low > 0.0
+    regression = enough and bad_by_more_than_allowed and bad_side_excludes_zero
+    message = _comparison_message(statistic, change_pct, low, high, confidence, allowed_pct, higher_is_better,
+                                  regression, significant, enough)
+    return Comparison(
+        statistic=statistic,
+        old=float(np.exp(log_old.mean())),
+        new=float(np.exp(log_new.mean())),
+        change_pct=change_pct,
+        ci_low_pct=low,
+        ci_high_pct=high,
+        allowed_pct=allowed_pct,
+        higher_is_better=higher_is_better,
+        significant=significant,
+        regression=regression,
+        n_old=int(sum(run.size for run in olds)),
+        n_new=int(sum(run.size for run in news)),
+        message=message + f" ({n_o} vs {n_n} runs, runs as the unit)",
+        method=(f"runs as the unit: {statistic} of each run, change of their geometric mean, {confidence:.0%} "
+                f"{how} on log {statistic} per run ({n_o} vs {n_n} runs, df {df:.1f}); percentiles numpy "
+                f"'{PERCENTILE_METHOD}'"),
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_gate import latencies, store_run, ttft_measurement
+from test_gate import latencies, shifted_runs, store_run, ttft_measurement
 from pytest_vllmgrid.cli import EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, main
 
 
@@ -27,6 +27,7 @@ def test_a_a_comparison_exits_zero(runs, capsys) -> None:
     assert main(["compare", str(runs["old"]), str(runs["same"]), "--fail", "ttft_p50:10%"]) == EXIT_OK
     out = capsys.readouterr().out
     assert "ttft[short].ttft_ms" in out and "regression gate: passed (1 comparison(s))" in out
+    assert "one run per side: the CI covers request-to-request noise only" in out
 
 
 def test_a_significant_regression_exits_one_and_names_it(runs, capsys) -> None:
@@ -75,3 +76,44 @@ def test_console_script_is_installed(runs) -> None:
     out = subprocess.run([script, "compare", str(runs["old"]), str(runs["slow"]), "--fail", "ttft_p50:10%"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == EXIT_REGRESSION, out.stdout + out.stderr
+
+
+@pytest.fixture
+def run_sets(tmp_path: Path) -> dict[str, list[str]]:
+    """Three runs each: OLD, an A/A rerun of it, and runs 30% slower (every run shifted as a whole)."""
+    def runs(prefix: str, scale: float, seeds: list[int]) -> list[str]:
+        paths = []
+        for seed, values in zip(seeds, shifted_runs(80 * scale, seeds)):
+            store_run(tmp_path / f"{prefix}{seed}", {"baseline": {"ttft[short]": ttft_measurement(values)}})
+            paths.append(str(tmp_path / f"{prefix}{seed}"))
+        return paths
+    return {"old": runs("old", 1.0, [1, 2, 3]), "same": runs("same", 1.0, [4, 5, 6]),
+            "slow": runs("slow", 1.3, [7, 8, 9])}
+
+
+def test_several_runs_per_side_after_a_double_dash(run_sets, capsys) -> None:
+    old, same, slow = run_sets["old"], run_sets["same"], run_sets["slow"]
+    assert main(["compare", *old, "--", *same, "--fail", "ttft_p50:10%"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "runs as the unit" in out and "regression gate: passed (1 comparison(s))" in out
+    assert main(["compare", "--fail", "ttft_p50:10%", *old, "--", *slow]) == EXIT_REGRESSION
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("baseline"))
+    assert " 3/3 " in row and row.rstrip().endswith("REGRESSION")
+    assert f"compared with {', '.join(old)} (OLD, 3 run(s)); NEW: {', '.join(slow)}" in out
+
+
+def test_several_runs_per_side_with_old_and_new_options(run_sets, capsys) -> None:
+    old, slow = run_sets["old"], run_sets["slow"]
+    assert main(["compare", "--old", *old, "--new", *slow, "--fail", "ttft_p50:10%"]) == EXIT_REGRESSION
+    assert main(["compare", "--new", slow[0], "--fail", "ttft_p50:50%", *old]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert " 3/1 " in out
+
+
+def test_several_directories_without_a_separator_or_twice_the_same_exit_two(run_sets, capsys) -> None:
+    old = run_sets["old"]
+    assert main(["compare", *old]) == EXIT_USAGE
+    assert "OLD... -- NEW..." in capsys.readouterr().err
+    assert main(["compare", old[0], old[0], "--", old[2]]) == EXIT_USAGE
+    assert "given twice" in capsys.readouterr().err

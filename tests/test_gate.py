@@ -10,7 +10,8 @@ import pytest
 
 from conftest import REPO, fake_grid
 from pytest_vllmgrid.gate import (ALIASES, INFO, MISSING, NOT_JUDGED, OK, REGRESSION, GateError, compare_runs,
-                                  judge_test, parse_spec, parse_specs, unmatched_specs)
+                                  judge_test, open_runs, parse_spec, parse_specs, run_dirs, summary_lines,
+                                  unmatched_configs, unmatched_specs)
 from pytest_vllmgrid.measurement import HIGHER, LOWER, Measurement
 from pytest_vllmgrid.results import ResultsStore
 
@@ -194,6 +195,84 @@ def test_runs_are_matched_by_config_name(tmp_path: Path) -> None:
     assert [s.text for s in unmatched_specs(specs, verdicts)] == ["ttft_hit:10%"]
 
 
+# ---- several runs per side: runs as the unit ------------------------------------------------------
+
+def shifted_runs(median_ms: float, seeds: list[int], run_sigma: float = 0.05) -> list[list[float]]:
+    """One lognormal TTFT sample per run, each run shifted as a whole by a lognormal factor."""
+    return [[v * float(np.exp(np.random.default_rng(1000 + s).normal(0.0, run_sigma))) for v in latencies(median_ms, s)]
+            for s in seeds]
+
+
+def as_tests(runs: list[list[float]]) -> list[dict]:
+    return [{"measurement": ttft_measurement(values)} for values in runs]
+
+
+def test_several_runs_per_side_are_judged_with_the_run_as_the_unit() -> None:
+    old, same, slow = shifted_runs(80, [1, 2, 3]), shifted_runs(80, [4, 5, 6]), shifted_runs(104, [7, 8, 9])
+    spec = [parse_spec("ttft_p50:10%")]
+    [aa] = judge_test("baseline", "ttft[short]", as_tests(old), as_tests(same), spec)
+    assert aa.status == OK and (aa.runs_old, aa.runs_new, aa.n_old, aa.n_new) == (3, 3, 3 * N, 3 * N)
+    assert "runs as the unit" in aa.method and "Welch" in aa.method
+    [verdict] = judge_test("baseline", "ttft[short]", as_tests(old), as_tests(slow), spec)
+    assert verdict.status == REGRESSION and verdict.ci_low_pct > 0
+    assert verdict.old == pytest.approx(float(np.exp(np.mean(np.log([np.median(r) for r in old])))))
+
+
+def test_one_new_run_against_three_old_runs_borrows_their_variance() -> None:
+    old = shifted_runs(80, [1, 2, 3])
+    [verdict] = judge_test("baseline", "ttft[short]", as_tests(old), {"measurement": ttft_measurement(
+        latencies(160, 9))}, [parse_spec("ttft_p50:10%")])
+    assert verdict.status == REGRESSION and (verdict.runs_old, verdict.runs_new) == (3, 1)
+    assert "one run on the NEW side" in verdict.method
+
+
+def test_one_run_per_side_is_the_request_bootstrap_and_says_so() -> None:
+    old, new = ttft_measurement(latencies(80, seed=1)), ttft_measurement([v * 1.3 for v in latencies(80, seed=2)])
+    [verdict] = judge_test("baseline", "ttft[short]", [{"measurement": old}], [{"measurement": new}],
+                           [parse_spec("ttft_p50:10%")])
+    assert verdict.status == REGRESSION and "between-run variance not accounted for" in verdict.method
+    lines = [line for line, _ in summary_lines([verdict], [parse_spec("ttft_p50:10%")], "old")]
+    assert lines[0] == "compared with old" and "not run-to-run variance" in lines[1]
+    assert "runs" not in lines[2].split()  # no runs column for one run per side
+
+
+def test_a_run_with_too_few_samples_is_not_judged() -> None:
+    old = shifted_runs(80, [1, 2]) + [latencies(80, 3, n=8)]
+    [verdict] = judge_test("baseline", "ttft[short]", as_tests(old), as_tests(shifted_runs(200, [4, 5])),
+                           [parse_spec("ttft_p50:10%")])
+    assert verdict.status == NOT_JUDGED and "a run with n=8" in verdict.note
+
+
+def test_throughput_over_several_runs_is_judged_through_their_latencies() -> None:
+    old = [{"measurement": throughput_measurement(r)} for r in shifted_runs(800, [1, 2, 3])]
+    new = [{"measurement": throughput_measurement([v / 0.7 for v in r])} for r in shifted_runs(800, [4, 5, 6])]
+    [verdict] = judge_test("baseline", "throughput[4]", old, new, [parse_spec("throughput:5%")])
+    assert verdict.status == REGRESSION and verdict.statistic == "via 1/mean(e2e_ms)"
+    assert (verdict.runs_old, verdict.runs_new) == (3, 3)
+    assert verdict.ci_low_pct < verdict.change_pct < verdict.ci_high_pct < -5
+
+
+def test_compare_runs_takes_several_stores_per_side(tmp_path: Path) -> None:
+    def runs(prefix: str, median: float, seeds: list[int], extra: str | None = None) -> list[ResultsStore]:
+        return [store_run(tmp_path / f"{prefix}{i}", {"baseline": {"ttft[short]": ttft_measurement(values)},
+                                                      **({extra: {}} if extra and i == 0 else {})})
+                for i, values in enumerate(shifted_runs(median, seeds))]
+    olds, slows = runs("old", 80, [1, 2, 3], extra="gone"), runs("slow", 120, [4, 5, 6])
+    [verdict] = compare_runs(olds, slows, [parse_spec("ttft_p50:10%")])
+    assert verdict.status == REGRESSION and (verdict.runs_old, verdict.runs_new) == (3, 3)
+    assert unmatched_configs(olds, slows) == (["gone"], [])
+    lines = [line for line, _ in summary_lines([verdict], [], "old0, old1, old2")]
+    assert "runs as the unit" in lines[1] and lines[2].split()[3] == "runs" and " 3/3 " in lines[3]
+
+
+def test_compare_dirs_split_on_commas_and_repeat_and_refuse_duplicates(tmp_path: Path) -> None:
+    assert run_dirs(["a,b", "c"]) == ["a", "b", "c"]
+    assert run_dirs("a b,\n c") == ["a", "b", "c"] and run_dirs(None) == []
+    store_run(tmp_path / "a", {"baseline": {"ttft[short]": ttft_measurement(latencies(80, 1))}})
+    with pytest.raises(GateError, match="given twice"):
+        open_runs([tmp_path / "a", str(tmp_path / "a")], "--vllm-compare")
+
+
 # ---- wired into pytest ------------------------------------------------------------------------
 
 def gate_run(pytester: pytest.Pytester, write_grid, out: str, ttft_ms: int, *extra: str) -> pytest.RunResult:
@@ -255,3 +334,22 @@ def test_pytest_help_lists_the_gate_options(pytester):
     result = pytester.runpytest_subprocess("--help", "-p", "no:cacheprovider")
     assert result.ret == 0
     result.stdout.fnmatch_lines(["*--vllm-compare=VLLM_COMPARE*", "*--vllm-compare-fail=VLLM_COMPARE_FAIL*"])
+
+
+def test_several_compared_runs_through_repeated_and_comma_separated_options(pytester, write_grid, ttft_benchmark):
+    for name in ("old1", "old2", "old3"):
+        gate_run(pytester, write_grid, name, 20).assert_outcomes(passed=2)
+    result = gate_run(pytester, write_grid, "new", 200, "--vllm-compare", "old1", "--vllm-compare", "old2,old3",
+                      "--vllm-compare-fail", "ttft_p50:10%")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "regression vs old1, old2, old3: baseline: ttft[[]short[]].ttft_ms p50 * -> * ms (+*95% CI*), allowed +10%: "
+        "REGRESSION",
+        "*compared with old1, old2, old3",
+        "*runs as the unit*",
+        "*baseline*ttft[[]short[]].ttft_ms*p50*3/1*REGRESSION",
+        "*regression gate: 1 regression(s) in 1 comparison(s)*"])
+    manifest = json.loads((pytester.path / "new" / "manifest.json").read_text())
+    assert manifest["regression_gate"]["compared_runs"] == ["old1", "old2", "old3"]
+    [verdict] = manifest["regression_gate"]["verdicts"]
+    assert (verdict["runs_old"], verdict["runs_new"]) == (3, 1) and "one run on the NEW side" in verdict["method"]

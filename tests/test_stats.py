@@ -14,10 +14,13 @@ from pytest_vllmgrid.stats import (
     Summary,
     bootstrap_ci,
     compare,
+    compare_runs_level,
     linear_slope,
     ratio_ci,
     statistic_named,
     summarize,
+    t_cdf,
+    t_quantile,
     trend_pct,
 )
 
@@ -238,3 +241,113 @@ def test_trend_pct_shrinks_windows_for_short_series() -> None:
 def test_linear_slope_of_a_line() -> None:
     assert linear_slope([3.0, 5.0, 7.0, 9.0]) == pytest.approx(2.0)
     assert linear_slope([1.0]) is None
+
+
+# ---- runs as the unit ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("df, expected", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (5, 2.5706),
+                                          (10, 2.2281), (30, 2.0423), (1e7, 1.9600)])
+def test_t_quantile_matches_the_printed_table(df: float, expected: float) -> None:
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+
+
+def test_t_quantile_other_levels_symmetry_and_fractional_df() -> None:
+    assert t_quantile(0.95, 5) == pytest.approx(2.0150, abs=1e-4)
+    assert t_quantile(0.995, 3) == pytest.approx(5.8409, abs=1e-4)
+    assert t_quantile(0.025, 4) == pytest.approx(-2.7764, abs=1e-4)
+    assert t_quantile(0.5, 7) == pytest.approx(0.0, abs=1e-9)
+    # df = 2 has a closed form: t = (2p - 1) / sqrt(2 p (1 - p)); df = 1 is the Cauchy: tan(pi (p - 1/2))
+    for p in (0.6, 0.9, 0.975, 0.999):
+        assert t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
+        assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)
+    # Welch gives fractional df: between its neighbours, and t_cdf inverts it
+    assert t_quantile(0.975, 3) < t_quantile(0.975, 2.5) < t_quantile(0.975, 2)
+    assert t_cdf(t_quantile(0.975, 2.5), 2.5) == pytest.approx(0.975, abs=1e-12)
+    with pytest.raises(ValueError):
+        t_quantile(1.0, 3)
+
+
+def test_run_level_welch_interval_by_hand() -> None:
+    # constant runs: each run's median is exact, so the interval can be computed by hand
+    old = [[100.0] * 10, [110.0] * 10, [90.0] * 10]
+    new = [[130.0] * 10, [150.0] * 10, [140.0] * 10]
+    result = compare_runs_level(old, new, higher_is_better=False, allowed_pct=10)
+    lo, ln = np.log([100, 110, 90]), np.log([130, 150, 140])
+    v_o, v_n = lo.var(ddof=1) / 3, ln.var(ddof=1) / 3
+    df = (v_o + v_n) ** 2 / (v_o**2 / 2 + v_n**2 / 2)
+    half = t_quantile(0.975, df) * math.sqrt(v_o + v_n)
+    diff = ln.mean() - lo.mean()
+    assert result.change_pct == pytest.approx(math.expm1(diff) * 100)
+    assert result.ci_low_pct == pytest.approx(math.expm1(diff - half) * 100)
+    assert result.ci_high_pct == pytest.approx(math.expm1(diff + half) * 100)
+    assert result.old == pytest.approx(math.exp(lo.mean())) and result.new == pytest.approx(math.exp(ln.mean()))
+    assert (result.n_old, result.n_new) == (30, 30)
+    assert result.regression and "REGRESSION" in result.message and "3 vs 3 runs" in result.message
+    assert "runs as the unit" in result.method and "Welch" in result.method
+
+
+def test_run_level_with_one_new_run_borrows_the_old_runs_variance() -> None:
+    old = [[100.0] * 10, [110.0] * 10, [90.0] * 10]
+    result = compare_runs_level(old, [[150.0] * 10], higher_is_better=False, allowed_pct=10)
+    lo = np.log([100, 110, 90])
+    half = t_quantile(0.975, 2) * lo.std(ddof=1) * math.sqrt(1 / 3 + 1)
+    diff = math.log(150) - lo.mean()
+    assert result.ci_low_pct == pytest.approx(math.expm1(diff - half) * 100)
+    assert "one run on the NEW side" in result.method and "OLD side's 3 runs" in result.method
+
+
+def test_run_level_single_run_each_side_falls_back_to_the_request_bootstrap_and_says_so() -> None:
+    rng = np.random.default_rng(3)
+    old, new = 80 * np.exp(rng.normal(0, 0.2, 30)), 104 * np.exp(rng.normal(0, 0.2, 30))
+    result = compare_runs_level([old], [new], higher_is_better=False, allowed_pct=10)
+    plain = compare(old, new, higher_is_better=False, allowed_pct=10)
+    assert (result.change_pct, result.ci_low_pct, result.regression) == (
+        plain.change_pct, plain.ci_low_pct, plain.regression)
+    assert "between-run variance not accounted for" in result.method
+    assert "between-run variance not accounted for" in result.message
+
+
+def test_run_level_throughput_drop_when_higher_is_better() -> None:
+    old = [[1000.0] * 10, [1050.0] * 10, [980.0] * 10]
+    new = [[700.0] * 10, [720.0] * 10, [690.0] * 10]
+    result = compare_runs_level(old, new, higher_is_better=True, allowed_pct=5)
+    assert result.regression and result.ci_high_pct < -5
+    assert not compare_runs_level(new, old, higher_is_better=True, allowed_pct=5).regression
+
+
+def test_run_level_refuses_small_runs_empty_runs_and_non_positive_statistics() -> None:
+    small = compare_runs_level([[100.0] * 8] * 2, [[300.0] * 8, [310.0] * 8], higher_is_better=False, allowed_pct=0)
+    assert not small.regression and "not judged" in small.message
+    with pytest.raises(ValueError, match="non-empty"):
+        compare_runs_level([[1.0] * 10, []], [[1.0] * 10], higher_is_better=False, allowed_pct=0)
+    with pytest.raises(ValueError, match="log scale"):
+        compare_runs_level([[0.0] * 10, [1.0] * 10], [[1.0] * 10], higher_is_better=False, allowed_pct=0)
+
+
+def _runs(rng: np.random.Generator, k: int, scale: float, run_sigma: float, n: int = 30) -> list[np.ndarray]:
+    """k runs of n lognormal latencies: one shift per run (lognormal run effect) plus request noise."""
+    return [80 * scale * np.exp(rng.normal(0, run_sigma) + rng.normal(0, LATENCY_SIGMA, n)) for _ in range(k)]
+
+
+@pytest.mark.parametrize("new_runs", [3, 1])
+def test_run_level_a_a_false_alarms_stay_near_nominal_despite_run_shifts(new_runs: int) -> None:
+    # a shared machine: whole runs shift by a lognormal factor (sd 0.3 on the log scale, larger than the
+    # requests' own 0.2); allowed 0% leaves the test itself: one-sided nominal 2.5%
+    rng = np.random.default_rng(11)
+    trials = [(_runs(rng, 3, 1.0, 0.3), _runs(rng, new_runs, 1.0, 0.3)) for _ in range(300)]
+    flagged = sum(compare_runs_level(old, new, higher_is_better=False, allowed_pct=0).regression
+                  for old, new in trials)
+    assert flagged / len(trials) <= 0.05
+    # the request-level bootstrap of one run against one run, on the same runs, is fooled by the shifts
+    fooled = sum(compare(old[0], new[0], higher_is_better=False, allowed_pct=0, n_resamples=500).regression
+                 for old, new in trials[:100])
+    assert fooled >= 20
+
+
+def test_run_level_detects_a_thirty_percent_slowdown_with_three_runs_per_side() -> None:
+    # a steadier server (run-to-run sd 4%): +30% against an allowed 10% is caught nearly always
+    rng = np.random.default_rng(12)
+    trials = 200
+    detected = sum(compare_runs_level(_runs(rng, 3, 1.0, 0.04), _runs(rng, 3, 1.3, 0.04), higher_is_better=False,
+                                      allowed_pct=10).regression for _ in range(trials))
+    assert detected / trials >= 0.85
