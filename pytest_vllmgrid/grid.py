@@ -6,6 +6,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ DEPLOYER_OWNED = {
     "api_key": "the grid's `api_key_env` key (the key is passed through the environment, never argv)",
 }
 TINY_MODEL = "@tiny"
+MAX_DOCUMENT_VALUES = 100_000  # values in a grid/thresholds file once YAML aliases are expanded
+MAX_MATRIX_CONFIGS = 10_000
+_PLAIN_TYPES = (str, int, float, bool, type(None))
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 ParamValue = Union[None, bool, int, float, str, list, dict]
 
@@ -295,6 +299,9 @@ def load_grid(path: str | Path, *, model: str | None = None, baseline: str | Non
     """Read, validate and resolve a grid file; raise GridError naming every problem."""
     path = Path(path)
     raw = _read_structured(path)
+    problems = document_problems(raw)
+    if problems:
+        raise GridError(path, problems)
     overrides = {k: v for k, v in {"model": model, "baseline": baseline, "deployer": deployer}.items() if v}
     if not isinstance(raw, dict):
         raise GridError(path, [f"top level must be a mapping with a `configs` list, got {type(raw).__name__}"])
@@ -359,6 +366,11 @@ def order_configs(configs: list[ServerConfig], baseline: str, phases: list[str] 
                                          c.priority is None, c.priority or 0, c.index))
 
 
+def parse_yaml(text: str) -> Any:
+    """YAML's safe subset, parsed by libyaml when available (the pure-Python parser takes seconds on deep nesting)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def _read_structured(path: Path) -> Any:
     """Parse a JSON or YAML file, turning syntax errors into GridError."""
     if not path.is_file():
@@ -370,7 +382,7 @@ def _read_structured(path: Path) -> Any:
     try:
         if path.suffix.lower() == ".json":
             return json.loads(text)
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except json.JSONDecodeError as exc:
         raise GridError(path, [f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]) from None
     except yaml.YAMLError as exc:
@@ -379,6 +391,49 @@ def _read_structured(path: Path) -> Any:
         raise GridError(path, [f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
     except RecursionError:
         raise GridError(path, ["the file nests too deeply to be a grid"]) from None
+
+
+def document_problems(raw: Any, limit: int = MAX_DOCUMENT_VALUES) -> list[str]:
+    """Why a parsed file cannot be a grid or thresholds file whatever its keys: more than `limit` values once YAML
+    aliases are expanded (an alias bomb), an alias that contains itself, a NUL character (no argv or environment
+    can carry one), or a YAML-only type (date, binary, set) that JSON, argv and the results files cannot hold."""
+    problems: list[str] = []
+    sizes: dict[int, int] = {}  # id of a list/dict -> its expanded size (aliases share one object)
+    open_ids: set[int] = set()
+    stack: list[tuple[Any, str, bool]] = [(raw, "top level", False)]
+    while stack and len(problems) < 5:
+        node, where, closing = stack.pop()
+        if isinstance(node, (dict, list)):
+            key = id(node)
+            children = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+            if closing:
+                open_ids.discard(key)
+                sizes[key] = min(limit + 1, 1 + sum(sizes.get(id(v), 1) + (1 if isinstance(node, dict) else 0)
+                                                    for _, v in children))
+                if key == id(raw) and sizes[key] > limit:
+                    problems.append(f"more than {limit} values once YAML aliases are expanded (an alias bomb?)")
+                continue
+            if key in open_ids:
+                problems.append(f"{where}: a YAML alias that contains itself")
+                continue
+            if key in sizes:
+                continue
+            open_ids.add(key)
+            stack.append((node, where, True))
+            for k, v in children:
+                inner = f"{where}.{k}" if where != "top level" else str(k)
+                if isinstance(node, dict) and not isinstance(k, _PLAIN_TYPES):
+                    problems.append(f"{where}: key {_short(k)} is a YAML {type(k).__name__}; quote it")
+                elif isinstance(k, str) and "\0" in k:
+                    problems.append(f"{where}: key {_short(k)} contains a NUL character")
+                stack.append((v, inner, False))
+        elif isinstance(node, str):
+            if "\0" in node:
+                problems.append(f"field {where!r} = {_short(node)}: contains a NUL character")
+        elif not isinstance(node, _PLAIN_TYPES):
+            problems.append(f"field {where!r} = {_short(node)}: a YAML {type(node).__name__} is not allowed here; "
+                            "quote it to make it a string")
+    return problems
 
 
 def _resolve_params(params: dict[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
@@ -434,6 +489,10 @@ def _expand_matrix(matrix: MatrixSpec, problems: list[str]) -> list[tuple[str, C
     """The matrix's cartesian product as named entries, minus excluded combinations."""
     keys = list(matrix.params)
     entries: list[tuple[str, ConfigEntry]] = []
+    combinations = math.prod(len(values) for values in matrix.params.values())
+    if combinations > MAX_MATRIX_CONFIGS:
+        problems.append(f"matrix.params: {combinations} combinations; at most {MAX_MATRIX_CONFIGS} configs")
+        return entries
     for combo in itertools.product(*(matrix.params[k] for k in keys)):
         values = dict(zip(keys, combo))
         if any(all(values.get(k) == v for k, v in rule.items()) for rule in matrix.exclude):

@@ -48,6 +48,7 @@ class ConfigRun:
     error: DeploymentError | None = None
     started: float = field(default_factory=time.monotonic)
     reported: bool = False
+    settled: bool = False  # its final status is written
 
 
 class GridSession:
@@ -257,6 +258,7 @@ class GridSession:
             deployment = self.get_deployer().deploy(cfg, store.config_dir(cfg.name))
         except DeploymentError as exc:
             run.error = exc
+            run.settled = True
             store.update_config(cfg.name, lambda d: _record_failed_deploy(d, exc))
             if cfg.is_baseline:
                 self.baseline_failed = cfg.name
@@ -276,8 +278,13 @@ class GridSession:
     def teardown(self, cfg: ServerConfig) -> None:
         """Stop a config's server and settle its status."""
         run = self.runs.get(cfg.name)
-        if run is None:
+        if run is None or run.settled:
             return
+        run.settled = True
+        # a server that died under the benchmarks (crash, OOM kill) makes the config failed, not complete
+        died = run.deployment.death_reason() if run.deployment is not None and not run.deployment.torn_down else None
+        if died is not None:
+            self._store().update_config(cfg.name, lambda d: _record_server_death(d, run.deployment, died))
         if run.deployment is not None:
             run.deployment.teardown()
             took = run.deployment.describe.get("teardown_seconds")
@@ -286,7 +293,8 @@ class GridSession:
         interrupted = self.pytest_config.stash.get(INTERRUPTED, False)
 
         def settle(data: dict[str, Any]) -> None:
-            if run.error is not None:
+            never_deployed = run.deployment is None and not interrupted  # deploy() raised something unforeseen
+            if run.error is not None or died is not None or never_deployed:
                 data["status"] = "failed"
             elif interrupted:
                 data["status"] = "interrupted"
@@ -294,7 +302,7 @@ class GridSession:
                 data["status"] = "complete"
             data["wall_seconds"] = round(time.monotonic() - run.started, 2)
         self._store().update_config(cfg.name, settle)
-        if run.error is None and not interrupted:
+        if run.error is None and died is None and run.deployment is not None and not interrupted:
             self.check_goal(cfg)
 
     def check_goal(self, cfg: ServerConfig) -> None:
@@ -320,7 +328,7 @@ class GridSession:
     def teardown_all(self) -> None:
         """Stop every server still up (end of session, Ctrl+C); --vllm-restore brings the user's service back."""
         for run in list(self.runs.values()):
-            if run.deployment is not None and not run.deployment.torn_down:
+            if not run.settled:  # still up, or interrupted while deploying (its fixture never yielded)
                 self.teardown(run.config)
         restore = getattr(self.deployer, "restore", None)
         if self.deployer is not None and self.pytest_config.getoption("vllm_restore") and restore and self.runs:
@@ -411,6 +419,13 @@ def _record_failed_deploy(data: dict[str, Any], exc: DeploymentError) -> None:
     data["deployment"] = {"status": "failed", "startup_time_seconds": None, "health_check_attempts": None,
                           "error": exc.to_dict()}
     data["errors"].append({"time": now_iso(), "message": exc.summary()})
+
+
+def _record_server_death(data: dict[str, Any], deployment: Deployment, reason: str) -> None:
+    """Note that a config's server died while its benchmarks ran, with the log's last lines."""
+    data["deployment"]["died"] = {"reason": reason, "log_path": str(deployment.log_path) if deployment.log_path
+                                  else None, "log_tail": deployment.log_tail().splitlines()[-40:]}
+    data["errors"].append({"time": now_iso(), "message": f"server died during the benchmarks ({reason})"})
 
 
 def latest_unfinished_run(results_base: Path) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pytest_vllmgrid.grid import document_problems, suggest
+from pytest_vllmgrid.grid import document_problems, parse_yaml, suggest
 from pytest_vllmgrid.measurement import point_of
 
 # Metrics the shipped benchmarks produce: test -> metric names (threshold keys are "test.metric").
@@ -133,7 +133,7 @@ def load_thresholds(path: str | Path | None) -> Thresholds:
         raise ThresholdError(f"thresholds file {path}: file not found")
     try:
         text = path.read_text(encoding="utf-8")
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        raw = json.loads(text) if path.suffix.lower() == ".json" else parse_yaml(text)
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError, RecursionError) as exc:
         raise ThresholdError(f"thresholds file {path}: cannot parse: {str(exc).splitlines()[0][:200]}") from None
     if raw is None:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from pytest_vllmgrid.grid import Grid, ServerConfig
 
 LOG_TAIL_LINES = 200
+REDACTED = "[REDACTED]"
 
 # Log lines that name an out-of-memory death; quoted first in a DeploymentError.
 _OOM_PATTERN = re.compile(
@@ -67,7 +68,7 @@ class DeploymentError(Exception):
     def summary(self) -> str:
         """One line: what failed and vLLM's own reason when the log has one."""
         parts = [self.message]
-        if self.exit_code is not None:
+        if self.exit_code is not None and f"exit code {self.exit_code}" not in self.message:
             parts.append(f"exit code {self.exit_code}")
         reason = key_error_line(self.log_tail)
         if reason and reason not in self.message:
@@ -104,6 +105,13 @@ def key_error_line(log_text: str) -> str | None:
         if _ERROR_LINE_PATTERN.search(line) and not _NOT_AN_ERROR_LEVEL.search(line):
             return line[-300:]
     return None
+
+
+def redact(text: str, secrets: set[str]) -> str:
+    """The text with every secret value replaced by [REDACTED]."""
+    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 def looks_like_oom(log_text: str) -> bool:

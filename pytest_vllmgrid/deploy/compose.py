@@ -27,10 +27,12 @@ import yaml
 from pytest_vllmgrid.atomic import write_text_atomic
 from pytest_vllmgrid.deploy.base import (
     LOG_TAIL_LINES,
+    REDACTED,
     Deployment,
     DeploymentError,
     Endpoint,
     looks_like_oom,
+    redact,
     tail_file,
 )
 from pytest_vllmgrid.deploy.options import DeployOptions
@@ -51,7 +53,6 @@ DEFAULT_CONTAINER_PORT = 8000
 STOP_TIMEOUT_S = 15
 COMPOSE_QUICK_TIMEOUT_S = 60.0
 MAX_POLL_INTERVAL_S = 1.0
-REDACTED = "[REDACTED]"
 # Added to the service's environment: dev mode enables POST /reset_prefix_cache (KV-cache benchmark).
 SERVER_ENV = {"VLLM_SERVER_DEV_MODE": "1", "PYTHONUNBUFFERED": "1"}
 # Variables the deployer exports to compose so a file can mount this host's Python, venv, sources and model.
@@ -227,13 +228,6 @@ def read_env_file(path: Path) -> dict[str, str]:
             value = value[1:-1]
         values[key] = value
     return values
-
-
-def redact(text: str, secrets: set[str]) -> str:
-    """The text with every secret value replaced by [REDACTED]."""
-    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
 
 
 def host_variables() -> dict[str, str]:

@@ -30,7 +30,8 @@ class OwnedProcesses:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.folder / f"{pid}.json", {
             "pid": pid, "pgid": pid, "create_time": _create_time(pid), "argv": argv[:6],
-            "config": config_name, "owner_pid": os.getpid(), "recorded_at": time.time()})
+            "config": config_name, "owner_pid": os.getpid(), "owner_create_time": _create_time(os.getpid()),
+            "recorded_at": time.time()})
 
     def forget(self, pid: int) -> None:
         """Drop the record of a process we stopped."""
@@ -45,7 +46,8 @@ class OwnedProcesses:
             except (OSError, ValueError):
                 path.unlink(missing_ok=True)
                 continue
-            if rec.get("owner_pid") != os.getpid() and psutil.pid_exists(rec.get("owner_pid", -1)):
+            owner = rec.get("owner_pid", -1)
+            if owner != os.getpid() and _owner_alive(owner, rec.get("owner_create_time")):
                 continue  # another live run owns it
             if _create_time(rec["pid"]) == rec.get("create_time") and rec.get("create_time") is not None:
                 _kill_group(rec["pgid"])
@@ -60,6 +62,19 @@ def _create_time(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
+
+
+def _owner_alive(pid: int, create_time: float | None) -> bool:
+    """The run that recorded a server still runs: not a zombie, and not another process that reused its pid."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or proc.create_time() == create_time
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # someone else's process: leave its servers alone
+        return True
 
 
 def _kill_group(pgid: int) -> None:

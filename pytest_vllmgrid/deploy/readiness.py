@@ -8,7 +8,7 @@ from typing import Callable
 
 import httpx
 
-from pytest_vllmgrid.deploy.base import DeploymentError, Endpoint
+from pytest_vllmgrid.deploy.base import DeploymentError, Endpoint, redact
 
 
 @dataclass
@@ -61,10 +61,10 @@ def wait_until_ready(
                     log_tail=log_tail(),
                 )
             attempts += 1
-            try:
-                stage, last_problem = _probe(http, endpoint, stage)
-            except httpx.HTTPError as exc:
-                last_problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+            # one probe never outlives the deadline: a server that accepts and never answers is bounded too
+            http.timeout = httpx.Timeout(min(request_timeout_s, max(deadline - now, 0.5)), connect=2.0)
+            stage, last_problem = _probe(http, endpoint, stage)
+            last_problem = redact(last_problem, {endpoint.api_key or ""})  # a server may echo the auth header
             if on_attempt:
                 on_attempt(attempts, f"{stage}: {last_problem}")
             if stage == "ready":
@@ -76,29 +76,46 @@ def wait_until_ready(
 
 
 def _probe(http: httpx.Client, endpoint: Endpoint, stage: str) -> tuple[str, str]:
-    """Advance one readiness stage; returns (stage reached, what is still missing)."""
-    if stage == "http":
-        resp = http.get(f"{endpoint.base_url}/health")
-        if resp.status_code != 200:
-            return "http", f"/health answered {resp.status_code}"
-        stage = "models"
-    if stage == "models":
-        resp = http.get(f"{endpoint.base_url}/v1/models")
-        if resp.status_code != 200:
-            return "models", f"/v1/models answered {resp.status_code}"
-        ids = [m.get("id") for m in resp.json().get("data", [])]
-        if endpoint.model not in ids:
-            return "models", f"/v1/models lists {ids}, not {endpoint.model!r}"
-        stage = "completion"
+    """Advance through the stages from `stage`; returns (stage reached, what is still missing there)."""
+    for name, check in _STAGES[[n for n, _ in _STAGES].index(stage):]:
+        try:
+            problem = check(http, endpoint)
+        except httpx.HTTPError as exc:  # named with the stage whose request failed
+            return name, f"{type(exc).__name__}: {str(exc)[:200]}"
+        except (ValueError, AttributeError, TypeError, KeyError) as exc:
+            return name, f"unreadable answer: {type(exc).__name__}: {str(exc)[:200]}"
+        if problem:
+            return name, problem
+    return "ready", ""
+
+
+def _health(http: httpx.Client, endpoint: Endpoint) -> str | None:
+    """The HTTP server is up: /health answers 200."""
+    resp = http.get(f"{endpoint.base_url}/health")
+    return None if resp.status_code == 200 else f"/health answered {resp.status_code}"
+
+
+def _models(http: httpx.Client, endpoint: Endpoint) -> str | None:
+    """/v1/models lists the model clients will ask for."""
+    resp = http.get(f"{endpoint.base_url}/v1/models")
+    if resp.status_code != 200:
+        return f"/v1/models answered {resp.status_code}"
+    ids = [m.get("id") for m in resp.json().get("data", [])]
+    return None if endpoint.model in ids else f"/v1/models lists {ids}, not {endpoint.model!r}"
+
+
+def _completion(http: httpx.Client, endpoint: Endpoint) -> str | None:
+    """One real completion comes back (seed 003: /health alone was not proof)."""
     resp = http.post(
         f"{endpoint.base_url}/v1/completions",
         json={"model": endpoint.model, "prompt": "ready", "max_tokens": 1, "temperature": 0},
     )
     if resp.status_code != 200:
-        return "completion", f"/v1/completions answered {resp.status_code}: {resp.text[:200]}"
-    if not resp.json().get("choices"):
-        return "completion", "/v1/completions returned no choices"
-    return "ready", ""
+        return f"/v1/completions answered {resp.status_code}: {resp.text[:200]}"
+    return None if resp.json().get("choices") else "/v1/completions returned no choices"
+
+
+_STAGES = (("http", _health), ("models", _models), ("completion", _completion))
 
 
 def _exit_code_of(reason: str) -> int | None:

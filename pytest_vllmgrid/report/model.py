@@ -65,6 +65,8 @@ def _config_row(name: str, data: dict[str, Any]) -> dict[str, Any]:
     failure = None
     if deployment.get("status") == "failed":
         failure = f"deployment failed: {(deployment.get('error') or {}).get('message', 'unknown reason')}"
+    elif deployment.get("died"):  # its numbers cover part of the benchmarks only: never ranked or recommended
+        failure = f"server died during the benchmarks ({deployment['died'].get('reason')})"
     elif data.get("status") == "interrupted":
         failure = "interrupted before it finished"
     return {"name": name, "status": data.get("status"), "params": data.get("config_params", {}),
