@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_vllmgrid import gate
+from pytest_vllmgrid.progress import config_of_nodeid
 from pytest_vllmgrid.results import result_key
 from pytest_vllmgrid.session import INTERRUPTED, STASH_KEY, STOP_REASON, GridSession
 
@@ -142,24 +143,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                          scope="session", indirect=True)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_cmdline_main(config: pytest.Config) -> None:
-    """With pytest -n N, keep every test of one config on one worker (xdist --dist loadgroup)."""
-    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") in ("no", "load"):
-        config.option.dist = "loadgroup"
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """With pytest -n N, every test of one config goes to one worker, configs in run order (baseline first).
+
+    A scope-per-config scheduler (xdist's LoadScopeScheduling keyed by config name), rather than
+    `--dist loadgroup`: loadgroup renames node ids, which pytest 9 no longer honours.
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    names = config.stash[STASH_KEY].load().names
+
+    class ConfigScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return config_of_nodeid(nodeid, names) or nodeid
+
+    return ConfigScheduling(config, log)
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group a config's tests for xdist; on --resume, deselect configs already complete."""
+    """On --resume, deselect configs already complete."""
     gs = config.stash[STASH_KEY]
-    if gs.grid is None:
-        return
-    if config.pluginmanager.hasplugin("xdist"):
-        for item in items:
-            cfg = _item_config(item)
-            if cfg is not None:
-                item.add_marker(pytest.mark.xdist_group(cfg.name))
-    if config.getoption("vllm_resume"):
+    if gs.grid is not None and config.getoption("vllm_resume"):
         _deselect_completed(config, gs, items)
 
 

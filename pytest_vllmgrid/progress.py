@@ -15,7 +15,7 @@ MARKS = {"passed": "✓", "failed": "✗", "error": "E", "skipped": "s"}
 
 def config_of_nodeid(nodeid: str, names: list[str]) -> str | None:
     """The grid config a test id runs against (ids carry the config name among their params)."""
-    nodeid = nodeid.split("@", 1)[0]  # xdist loadgroup appends "@group"
+    nodeid = nodeid.split("@", 1)[0]  # a user's own xdist_group marks may suffix "@group"
     if "[" not in nodeid:
         return None
     params = nodeid.rsplit("[", 1)[1].rstrip("]")

@@ -13,10 +13,11 @@ pytest.importorskip("xdist")
 
 RECORD_ENV = """
 import os, json
-def test_env(vllm_endpoint, vllm_config, tmp_path_factory):
+def test_env(vllm_endpoint, vllm_config):
     worker = os.environ.get("PYTEST_XDIST_WORKER", "none")
     port = int(vllm_endpoint.base_url.rsplit(":", 1)[1])
-    out = tmp_path_factory.getbasetemp().parent.parent / f"seen-{vllm_config.name}.json"
+    out = os.path.join(os.environ["SEEN_DIR"], f"seen-{vllm_config.name}.json")
+    out = __import__("pathlib").Path(out)
     out.write_text(json.dumps({"worker": worker, "port": port}))
 
 def test_second(vllm_endpoint):
@@ -31,6 +32,7 @@ def configs(*names: str) -> list[dict]:
 def test_each_config_runs_on_one_worker_with_disjoint_gpu_sets(pytester, write_grid, events_file, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     monkeypatch.setenv("FAKE_VLLM_RECORD_CUDA", "1")
+    monkeypatch.setenv("SEEN_DIR", str(pytester.path))
     grid = write_grid(fake_grid(configs("base", "a", "b", "c"), baseline="base"))
     pytester.makepyfile(test_x=RECORD_ENV)
     result = pytester.runpytest_subprocess("--grid", str(grid), "-n", "2", "--vllm-gpus-per-config", "2",
@@ -38,18 +40,16 @@ def test_each_config_runs_on_one_worker_with_disjoint_gpu_sets(pytester, write_g
     result.assert_outcomes(passed=8)
     starts = [line.split() for line in events_file.read_text().splitlines() if line.startswith("start")]
     cuda_by_config = {parts[1]: parts[2] for parts in starts}
-    assert set(cuda_by_config) == {"base", "a", "b", "c"}
-    assert set(cuda_by_config.values()) == {"cuda=0,1", "cuda=2,3"}
-    workers = {}
-    for name in cuda_by_config:
-        seen = json.loads((pytester.path.parent.parent / f"seen-{name}.json").read_text()) \
-            if (pytester.path.parent.parent / f"seen-{name}.json").exists() else None
-        if seen:
-            workers.setdefault(seen["worker"], set()).add(cuda_by_config[name])
-    assert all(len(sets) == 1 for sets in workers.values()), workers  # a worker keeps its own GPU set
+    assert sorted(cuda_by_config) == ["a", "b", "base", "c"]  # each config deployed exactly once
+    worker_of = {name: json.loads((pytester.path / f"seen-{name}.json").read_text())["worker"]
+                 for name in cuda_by_config}
+    expected = {"gw0": "cuda=0,1", "gw1": "cuda=2,3"}  # worker gwI gets devices [2I, 2I+2)
+    assert {name: cuda_by_config[name] for name in worker_of} == {
+        name: expected[worker] for name, worker in worker_of.items()}
 
 
-def test_workers_use_disjoint_port_ranges_and_one_report_aggregates_all(pytester, write_grid):
+def test_workers_use_disjoint_port_ranges_and_one_report_aggregates_all(pytester, write_grid, monkeypatch):
+    monkeypatch.setenv("SEEN_DIR", str(pytester.path))
     grid = write_grid(fake_grid(configs("base", "a", "b"), baseline="base"))
     pytester.makepyfile(test_x=RECORD_ENV)
     result = pytester.runpytest_subprocess("--grid", str(grid), "-n", "2", "--vllm-port-base", "31000",
