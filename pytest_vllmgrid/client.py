@@ -365,12 +365,7 @@ class ChatClient:
         request_id: str | None = None,
     ) -> RequestRecord:
         """Send one chat completion and return its record; failures land in record.error."""
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-        }
+        body = self._body(messages=messages, max_tokens=max_tokens, temperature=temperature)
         if tools is not None:
             body["tools"] = tools
         if tool_choice is not None:
@@ -388,13 +383,12 @@ class ChatClient:
         request_id: str | None = None,
     ) -> RequestRecord:
         """Send one text completion and return its record; failures land in record.error."""
-        body: dict[str, Any] = {
-            "model": self.model,
-            "prompt": prompt,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-        }
+        body = self._body(prompt=prompt, max_tokens=max_tokens, temperature=temperature)
         return await self._request("/v1/completions", body, stream, extra_body, request_id)
+
+    def _body(self, **fields: Any) -> dict[str, Any]:
+        """A request body for this client's model."""
+        return {"model": self.model, **fields}
 
     async def _request(
         self,
