@@ -104,16 +104,55 @@ class LoadResult:
         }
 
 
+class _Interruptible:
+    """The main task of the event loop run_event_loop is running, so a signal handler can stop it gracefully."""
+
+    task: asyncio.Task[Any] | None = None
+    interrupted = False
+
+
+def interrupt_running_loop() -> bool:
+    """From a signal handler: cancel the running benchmark's main task so it unwinds through its `finally`s
+    and closes its connections, and make run_event_loop raise KeyboardInterrupt; True when that was started.
+    False when no loop runs or an interrupt is already under way (then the caller raises KeyboardInterrupt
+    itself). Raising from the handler while a loop runs is not safe: it lands at an arbitrary point, and
+    uvloop turns one raised inside a protocol callback into a lost connection, i.e. swallows the signal."""
+    task = _Interruptible.task
+    if task is None or task.done() or _Interruptible.interrupted:
+        return False
+    _Interruptible.interrupted = True
+    task.cancel()
+    task.get_loop().call_soon_threadsafe(lambda: None)  # wake a loop blocked in its selector
+    return True
+
+
 def run_event_loop(main: Coroutine[Any, Any, T], *, use_uvloop: bool = True) -> T:
-    """Run `main` on a fresh event loop: uvloop when importable and wanted, else asyncio's."""
+    """Run `main` on a fresh event loop (uvloop when importable and wanted, else asyncio's); interruptible by
+    interrupt_running_loop, after which it raises KeyboardInterrupt."""
+    loop_factory = None
     if use_uvloop:
         try:
             import uvloop
         except ImportError:
             pass
         else:
-            return uvloop.run(main)
-    return asyncio.run(main)
+            loop_factory = uvloop.new_event_loop
+
+    async def tracked() -> T:
+        _Interruptible.task = asyncio.current_task()
+        return await main
+
+    _Interruptible.interrupted = False
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(tracked())
+    except asyncio.CancelledError:
+        if _Interruptible.interrupted:
+            raise KeyboardInterrupt("SIGTERM") from None
+        raise
+    finally:
+        _Interruptible.task = None
+        _Interruptible.interrupted = False
 
 
 async def run_concurrency(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_vllmgrid import gate
+from pytest_vllmgrid.load import interrupt_running_loop
 from pytest_vllmgrid.progress import config_of_nodeid
 from pytest_vllmgrid.results import result_key
 from pytest_vllmgrid.session import INTERRUPTED, STASH_KEY, STOP_REASON, GridSession
@@ -113,7 +114,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _sigterm_to_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt("SIGTERM")
+    """SIGTERM is Ctrl+C: a KeyboardInterrupt, except during a benchmark, whose event loop is asked to cancel
+    its main task and raise KeyboardInterrupt once it has unwound (load.interrupt_running_loop says why)."""
+    if not interrupt_running_loop():
+        raise KeyboardInterrupt("SIGTERM")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
