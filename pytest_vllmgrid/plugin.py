@@ -260,6 +260,9 @@ def _deselect_completed(config: pytest.Config, gs, items: list[pytest.Item]) -> 
         items[:] = kept
         gs._terminal_line(f"vllmgrid: resume: {len(skip_names)} config(s) already complete: "
                           f"{', '.join(sorted(skip_names))}")
+        if not kept:
+            config.stash[NOTHING_LEFT] = True
+            gs._terminal_line("vllmgrid: resume: nothing left to run; the run is complete (reports rewritten)")
 
 
 def _item_config(item: pytest.Item):
@@ -330,6 +333,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     status = "interrupted" if config.stash.get(INTERRUPTED, False) else (
         "failed" if config.stash.get(STOP_REASON, None) else "complete")
     gs.write_manifest(status)
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and config.stash.get(NOTHING_LEFT, False):
+        session.exitstatus = pytest.ExitCode.OK  # resuming a finished run succeeds (a CI retry), not "no tests"
     gate.record_run(config, gs.store)
     from pytest_vllmgrid.report import write_reports
 
@@ -337,6 +342,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 REPORT_PATHS = pytest.StashKey[dict]()
+NOTHING_LEFT = pytest.StashKey[bool]()  # --resume found every selected config complete
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -69,3 +69,21 @@ def test_a_config_whose_flags_changed_is_run_again(pytester, write_grid, events_
     write_grid(changed)
     pytester.runpytest_subprocess("--grid", str(grid), "--resume", "out", "-p", "no:cacheprovider")
     assert read_events(events_file) == ["start b", "stop b"]
+
+
+def test_resuming_a_finished_run_succeeds_without_deploying_and_rewrites_the_reports(pytester, write_grid,
+                                                                                      events_file):
+    grid = write_grid(fake_grid(configs("base", "b"), baseline="base"))
+    pytester.makepyfile(test_x="def test_x(vllm_endpoint): pass")
+    first = pytester.runpytest_subprocess("--grid", str(grid), "--results-dir", "out", "-p", "no:cacheprovider")
+    assert first.ret == 0
+    out = pytester.path / "out"
+    (out / "report.md").unlink()
+    events_file.unlink()
+    result = pytester.runpytest_subprocess("--grid", str(grid), "--resume", "out", "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()[-2000:]  # pytest alone says 5, "no tests ran"
+    result.stdout.fnmatch_lines(["*resume: 2 config(s) already complete: b, base*",
+                                 "*resume: nothing left to run*"])
+    assert not events_file.exists()  # nothing deployed
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+    assert (out / "report.md").exists()
