@@ -11,8 +11,10 @@ invalid_response (an unexpected body, or an error event inside the stream).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
+import ssl
 import uuid
 from dataclasses import asdict, dataclass, field
 from time import perf_counter
@@ -263,6 +265,12 @@ def _tool_call_from_message(call: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every https client of the process: building one costs ~20 ms."""
+    return httpx.create_ssl_context()
+
+
 class _ConnectionSlots:
     """Single-connection transports lent one request at a time, at most `limit` at once.
 
@@ -272,11 +280,10 @@ class _ConnectionSlots:
     is our lean HTTP/1.1 connection (http1.py): httpx's own costs ~2 ms of CPU per streamed request.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, ssl_context: ssl.SSLContext | None) -> None:
         if limit < 1:
             raise ValueError(f"max_connections must be >= 1, got {limit}")
-        # One TLS context for all: building one per transport costs milliseconds each.
-        self._ssl_context = httpx.create_ssl_context()
+        self._ssl_context = ssl_context
         self._free = asyncio.Semaphore(limit)
         self._idle: list[Http1Connection] = []
         self._transports: list[Http1Connection] = []
@@ -320,6 +327,7 @@ class ChatClient:
         timeout: float = 300.0,
         connect_timeout: float = 10.0,
         max_connections: int = 256,
+        deadline: float | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -327,8 +335,12 @@ class ChatClient:
         self.model = model
         self._api_key = api_key or None
         self._timeout = timeout
-        # `timeout` bounds every read: a stream that stalls longer fails with "timeout".
+        # `timeout` bounds every read: a stream that stalls longer fails with "timeout". `deadline` bounds a
+        # whole request: a stream that keeps trickling and never ends fails with "timeout" too.
         self._timeouts = httpx.Timeout(timeout, connect=connect_timeout).as_dict()
+        if deadline is not None and not deadline > 0:
+            raise ValueError(f"deadline must be a positive number of seconds or None, got {deadline!r}")
+        self._deadline = deadline
         self._headers = {
             "Content-Type": "application/json",
             "Accept": "text/event-stream, application/json",
@@ -340,7 +352,8 @@ class ChatClient:
             path: httpx.URL(self.base_url + path)
             for path in ("/v1/chat/completions", "/v1/completions")
         }
-        self._slots = _ConnectionSlots(max_connections)
+        self._slots = _ConnectionSlots(max_connections, _tls_context() if self.base_url.startswith("https://") else None)
+        self.succeeded = 0  # requests answered in full without error (a /metrics window waits for them)
 
     async def __aenter__(self) -> ChatClient:
         return self
@@ -419,24 +432,30 @@ class ChatClient:
             record.end_time = record.send_time
             return record
         try:
-            response = await transport.handle_async_request(request)
-            try:
-                if response.status_code >= 400:
-                    raise _RequestFailure(await self._status_error(response))
-                if stream:
-                    await self._read_stream(response, record)
-                else:
-                    await self._read_whole(response, record)
-            finally:
-                await response.aclose()
+            async with asyncio.timeout(self._deadline):
+                response = await transport.handle_async_request(request)
+                try:
+                    if response.status_code >= 400:
+                        raise _RequestFailure(await self._status_error(response))
+                    if stream:
+                        await self._read_stream(response, record)
+                    else:
+                        await self._read_whole(response, record)
+                finally:
+                    await response.aclose()
         except _RequestFailure as failure:
             record.error = failure.error
         except httpx.HTTPError as exc:
             record.error = self._transport_error(exc)
+        except TimeoutError:  # the deadline, not a read timeout (those are httpx errors)
+            await transport.aclose()  # a half-read exchange: the next request needs a fresh connection
+            record.error = self._error("timeout", f"request still unfinished after its {self._deadline:g} s deadline")
         finally:
             self._slots.release(transport)
         if record.end_time is None:
             record.end_time = perf_counter()
+        if record.error is None:
+            self.succeeded += 1
         return record
 
     async def _read_stream(self, response: httpx.Response, record: RequestRecord) -> None:

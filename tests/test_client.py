@@ -255,6 +255,27 @@ def test_stalled_stream_times_out_after_read_timeout() -> None:
     assert 1.0 <= record.e2e < 10.0
 
 
+def test_a_stream_that_trickles_past_the_deadline_times_out_and_the_client_recovers() -> None:
+    """Tokens every 20 ms keep every read under the 5 s read timeout; only the 0.5 s deadline ends it. The
+    client then serves the next request on a fresh connection (the old one is mid-response)."""
+    async def main() -> tuple[RequestRecord, RequestRecord]:
+        async with ChatClient(server.base_url, MODEL, timeout=5.0, deadline=0.5) as client:
+            trickle = await client.chat(PROMPT, max_tokens=500)
+            return trickle, await client.chat(PROMPT, max_tokens=3)
+
+    with FaultServer("ok", tokens=500, itl_ms=20) as server:
+        trickle, after = _run(main())
+    assert trickle.error is not None and trickle.error.kind == "timeout", trickle.error
+    assert "0.5 s deadline" in trickle.error.message
+    assert 5 <= len(trickle.chunk_times) < 100 and 0.5 <= trickle.e2e < 2.0
+    assert after.error is None and after.output_text == "tok0 tok1 tok2 "
+
+
+def test_deadline_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="deadline"):
+        ChatClient("http://127.0.0.1:1", MODEL, deadline=0)
+
+
 def test_reset_mid_stream_is_disconnect_keeping_partial_chunks() -> None:
     with FaultServer("reset", fail_after_chunks=2) as server:
         record = _chat(server.base_url)
