@@ -12,7 +12,7 @@ import pytest
 
 from pytest_vllmgrid.bench import BenchContext
 from pytest_vllmgrid.measurement import HIGHER, LOWER, Measurement
-from pytest_vllmgrid.server_metrics import MetricsUnavailable, diff, fetch_metrics
+from pytest_vllmgrid.server_metrics import MetricsUnavailable, diff
 from pytest_vllmgrid.stats import ratio_ci
 from pytest_vllmgrid.workloads import fresh_nonce, shared_prefix_messages
 
@@ -22,7 +22,7 @@ QUESTION = "In one sentence, what are these notes about?"
 def prefix_caching_enabled(bench: BenchContext) -> bool | None:
     """What the server says (vllm:cache_config_info), else what the config asked for."""
     try:
-        info = fetch_metrics(bench.endpoint.metrics_url, api_key=bench.endpoint.api_key).cache_config()
+        info = bench.metrics().cache_config()
     except MetricsUnavailable:
         info = None
     if info and "enable_prefix_caching" in info:
@@ -44,15 +44,16 @@ def test_kv_cache(vllm_bench: BenchContext) -> None:
             await client.chat(messages, max_tokens=s.kv_max_tokens)
             await client.chat(messages, max_tokens=s.kv_max_tokens)
         misses, hits, miss_hits, hit_hits = [], [], 0.0, 0.0
-        with vllm_bench.server_window() as window:
+        with vllm_bench.server_window(client) as window:
+            before = vllm_bench.metrics()
             for messages in prompts[s.warmup:]:
-                before = fetch_metrics(vllm_bench.endpoint.metrics_url, api_key=vllm_bench.endpoint.api_key)
                 misses.append(await client.chat(messages, max_tokens=s.kv_max_tokens))
-                middle = fetch_metrics(vllm_bench.endpoint.metrics_url, api_key=vllm_bench.endpoint.api_key)
+                middle = vllm_bench.metrics()
                 hits.append(await client.chat(messages, max_tokens=s.kv_max_tokens))
-                after = fetch_metrics(vllm_bench.endpoint.metrics_url, api_key=vllm_bench.endpoint.api_key)
+                after = vllm_bench.metrics()
                 miss_hits += diff(before, middle).prefix_cache_hits or 0.0
                 hit_hits += diff(middle, after).prefix_cache_hits or 0.0
+                before = after  # nothing runs between one pair's last scrape and the next pair
         return misses, hits, miss_hits, hit_hits, window
 
     misses, hits, miss_hits, hit_hits, window = vllm_bench.run(main)

@@ -49,7 +49,7 @@ def test_long_conversation(vllm_bench: BenchContext) -> None:
 
     async def main(client: ChatClient) -> tuple[list[list[RequestRecord]], MetricsWindow]:
         await converse(client, warmup, s.conversation_max_tokens)
-        with vllm_bench.server_window() as window:
+        with vllm_bench.server_window(client) as window:
             runs = [await converse(client, turns, s.conversation_max_tokens) for turns in chats]
         return runs, window
 

@@ -54,7 +54,7 @@ def test_throughput(vllm_bench: BenchContext, concurrency: int) -> None:
         if n_warm:
             await run_concurrency(sender(client, "warmup"), concurrency=concurrency, num_requests=n_warm,
                                   max_duration_s=s.throughput_max_duration_s)
-        with vllm_bench.server_window() as window:
+        with vllm_bench.server_window(client) as window:
             result = await run_concurrency(sender(client, "run"), concurrency=concurrency,
                                            num_requests=s.throughput_requests,
                                            max_duration_s=s.throughput_max_duration_s)

@@ -85,8 +85,16 @@ def _http_label(method: str) -> Any:
     return lambda url, *args, **kwargs: f"httpx.{method} {httpx.URL(str(url)).path}"
 
 
+def _client_label(method: str) -> Any:
+    return lambda self, url, *args, **kwargs: f"httpx.Client.{method} {httpx.URL(str(url)).path}"
+
+
 httpx.get = _timed_call(_http_label("get"), httpx.get)
 httpx.post = _timed_call(_http_label("post"), httpx.post)
+httpx.Client.get = _timed_call(_client_label("get"), httpx.Client.get)  # type: ignore[method-assign]
+httpx.Client.post = _timed_call(_client_label("post"), httpx.Client.post)  # type: ignore[method-assign]
+BenchContext.metrics = _timed_call("BenchContext.metrics (GET /metrics + parse)",  # type: ignore[method-assign]
+                                   BenchContext.metrics)
 TelemetrySampler.start = _timed_call("telemetry start", TelemetrySampler.start)  # type: ignore[method-assign]
 TelemetrySampler.stop = _timed_call("telemetry stop", TelemetrySampler.stop)  # type: ignore[method-assign]
 Measurement.add_sample = _timed_call("Measurement.add_sample", Measurement.add_sample)  # type: ignore[method-assign]

@@ -74,8 +74,8 @@ def vllm_record(request: pytest.FixtureRequest, vllm_config: ServerConfig,
 
 
 @pytest.fixture
-def vllm_bench(request: pytest.FixtureRequest, vllm_endpoint: Endpoint, vllm_config: ServerConfig, vllm_session: GridSession,
-               vllm_record: Callable[[dict[str, Any]], None]):
+def vllm_bench(request: pytest.FixtureRequest, vllm_endpoint: Endpoint, vllm_deployment: Deployment,
+               vllm_config: ServerConfig, vllm_session: GridSession, vllm_record: Callable[[dict[str, Any]], None]):
     """Settings, a streaming client, /metrics windows, GPU telemetry and recording for one benchmark."""
     settings = vllm_session.bench_settings()
     gpus = vllm_session.gpu_set()
@@ -87,7 +87,7 @@ def vllm_bench(request: pytest.FixtureRequest, vllm_endpoint: Endpoint, vllm_con
     ctx = BenchContext(endpoint=vllm_endpoint, config=vllm_config, settings=settings, record=vllm_record,
                        sampler=sampler, alert_thresholds=vllm_session.alert_thresholds(), thresholds=rules,
                        test_key=key, baseline_metrics=lambda: vllm_session.baseline_metrics(key),
-                       fail_on_gpu_alerts=rules.spec.telemetry.fail)
+                       fail_on_gpu_alerts=rules.spec.telemetry.fail, http=vllm_deployment.http())
     try:
         yield ctx
     finally:

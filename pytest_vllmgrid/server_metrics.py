@@ -226,12 +226,14 @@ def parse_metrics(text: str, *, captured_at: float | None = None) -> MetricsSnap
 
 
 def fetch_metrics(
-    metrics_url: str, *, api_key: str | None = None, timeout: float = 10.0
+    metrics_url: str, *, api_key: str | None = None, timeout: float = 10.0, client: httpx.Client | None = None
 ) -> MetricsSnapshot:
-    """GET the server's /metrics and parse it; raise MetricsUnavailable on any failure."""
+    """GET the server's /metrics and parse it; raise MetricsUnavailable on any failure. Pass a kept-alive
+    `client` when scraping repeatedly."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = httpx.get(metrics_url, headers=headers, timeout=timeout, follow_redirects=True)
+        get = client.get if client is not None else httpx.get
+        response = get(metrics_url, headers=headers, timeout=timeout, follow_redirects=True)
     except httpx.HTTPError as error:
         raise MetricsUnavailable(f"{type(error).__name__}: {error}", metrics_url) from error
     if response.status_code != 200:

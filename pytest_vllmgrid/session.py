@@ -480,7 +480,7 @@ def estimate_durations(results_base: Path) -> tuple[float, float, str]:
 def server_version(deployment: Deployment) -> str | None:
     """vLLM's own version, from the server's /version."""
     try:
-        resp = httpx.get(f"{deployment.endpoint.base_url}/version", headers=deployment.endpoint.headers(), timeout=5)
+        resp = deployment.http().get(f"{deployment.endpoint.base_url}/version", timeout=5)
         return resp.json().get("version") if resp.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None

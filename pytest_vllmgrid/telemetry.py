@@ -11,6 +11,7 @@ import os
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
@@ -192,6 +193,11 @@ def _load_nvml() -> ModuleType:
     except Exception as exc:  # ImportError, or a broken install
         raise TelemetryUnavailable(f"nvidia-ml-py (pynvml) cannot be imported: {exc}") from exc
     return pynvml
+
+
+# Per NVML binding: why it can never work in this process (its library is missing), once seen; later
+# samplers report it without a thread or a new attempt (~30 ms per benchmark on a machine without a GPU).
+_NVML_ABSENT: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def _text(value: str | bytes) -> str:
@@ -380,6 +386,14 @@ class TelemetrySampler:
             return self
         self._t0 = time.monotonic()
         self._live = TelemetrySeries(available=True, interval_s=self.interval_s, started_at=time.time())
+        try:
+            absent = _NVML_ABSENT.get(_load_nvml())
+        except TelemetryUnavailable as exc:
+            absent = str(exc)
+        if absent is not None:
+            self._mark_unavailable(absent)
+            self.series = self._live
+            return self
         self._thread = threading.Thread(target=self._run, name="vllmgrid-telemetry", daemon=True)
         self._thread.start()
         return self
@@ -431,6 +445,8 @@ class TelemetrySampler:
         try:
             nvml.nvmlInit()
         except Exception as exc:
+            if isinstance(exc, getattr(nvml, "NVMLError_LibraryNotFound", ())):
+                _NVML_ABSENT[nvml] = f"NVML init failed: {exc}"
             self._mark_unavailable(f"NVML init failed: {exc}")
             return
         try:

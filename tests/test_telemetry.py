@@ -164,6 +164,18 @@ def test_sampler_without_nvidia_driver_records_unavailable_quickly() -> None:
     assert series.samples == []
 
 
+@pytest.mark.skipif(nvml_works(), reason="NVML works here; this checks a machine without a driver")
+def test_a_missing_nvml_library_is_remembered_and_later_samplers_start_no_thread() -> None:
+    first = TelemetrySampler(interval_s=0.05).start()
+    time.sleep(0.1)
+    first_series = first.stop()
+    later = TelemetrySampler(interval_s=0.05).start()
+    assert later._thread is None  # decided at start(), no new attempt
+    series = later.stop()
+    assert series.available is False and series.reason == first_series.reason
+    assert "NVML init failed" in (series.reason or "") and series.samples == []
+
+
 def test_list_devices_without_driver_raises_telemetry_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(telemetry, "_load_nvml", lambda: FakeNvml([], init_error=12))
     with pytest.raises(TelemetryUnavailable, match="NVML init failed"):
