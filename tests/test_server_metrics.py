@@ -290,3 +290,26 @@ def test_fetch_metrics_http_error_is_metrics_unavailable_without_the_key(
 def test_fetch_metrics_connection_refused_is_metrics_unavailable() -> None:
     with pytest.raises(MetricsUnavailable, match="ConnectError"):
         fetch_metrics("http://127.0.0.1:9/metrics", timeout=2.0)
+
+
+@pytest.mark.parametrize("name", ["real_vllm_0_32", "vllm_0_9", "before", "after", "restarted"])
+def test_families_parsed_on_demand_equal_a_whole_parse(name: str) -> None:
+    """parse_metrics splits the text into families and parses each when asked; the result must be exactly
+    what prometheus-client's parser makes of the whole text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = (DATA / f"metrics_{name}.txt").read_text()
+    whole: dict = {}
+    for family in text_string_to_metric_families(text):
+        whole.setdefault(family.name, []).append(family)
+    lazy = parse_metrics(text).families
+    assert set(lazy) == set(whole)
+    for key, families in whole.items():
+        samples = [sample for family in families for sample in family.samples]
+        got = lazy[key]
+        assert (got.type, got.documentation, got.samples) == (families[0].type, families[0].documentation, samples)
+
+
+def test_text_the_splitter_does_not_follow_is_parsed_whole() -> None:
+    quoted = '# HELP "my.metric" a UTF-8 name\n# TYPE "my.metric" gauge\n{"my.metric"} 3\n'
+    assert parse_metrics(quoted).gauge("my.metric") == 3.0

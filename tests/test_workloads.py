@@ -53,6 +53,19 @@ def test_text_of_tokens_with_counter_hits_target_without_exceeding_it() -> None:
         assert target - 1 <= count_whitespace_tokens(text) <= target
 
 
+def test_text_of_tokens_needs_few_counts() -> None:
+    """Each count is a /tokenize round trip; interpolation needs far fewer than bisection's ~12."""
+    for counter in (count_whitespace_tokens, count_character_pairs):
+        texts: list[str] = []
+
+        def counting(text: str) -> int:
+            texts.append(text)
+            return counter(text)
+        result = text_of_tokens(1300, seed=9, count_tokens=counting)
+        assert len(texts) <= 6, (counter.__name__, len(texts))
+        assert counter(result) <= 1300 < counter(result + " word word")
+
+
 def test_text_of_tokens_with_coarse_counter_stays_within_a_few_tokens() -> None:
     text = text_of_tokens(1000, seed=9, count_tokens=count_character_pairs)
     assert 990 <= count_character_pairs(text) <= 1000
