@@ -174,13 +174,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
-    """xdist controller: every worker writes into the controller's results directory."""
+    """xdist controller: every worker writes into the controller's results directory (made by the first worker
+    that deploys a config: a run without grid tests leaves nothing behind)."""
     gs = node.config.stash[STASH_KEY]
     node.workerinput["vllm_results_dir"] = str(gs.results_path())
-    if gs.store is None:  # first worker: the run is under way (a killed run still has its manifest)
-        gs.load()
-        gs.results_root()
-        gs.write_manifest("running")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -250,8 +250,8 @@ class GridSession:
             raise DeploymentError(f"skipped: the baseline {self.baseline_failed!r} could not deploy",
                                   config_name=cfg.name, kind="baseline_failed")
         store = self._store()
-        if not self.runs and not self.is_worker:
-            self.write_manifest("running")
+        if not self.runs and (not self.is_worker or not store.manifest()):
+            self.write_manifest("running", allow_worker=True)  # a killed run keeps its manifest
         run = self.runs[cfg.name] = ConfigRun(cfg)
         store.reset_config(cfg.name, cfg.to_dict())
         try:
@@ -267,11 +267,14 @@ class GridSession:
             raise
         run.deployment = deployment
         version = server_version(deployment)
+        placement = {"worker": self.pytest_config.workerinput.get("workerid")} if self.is_worker else {}
+        if self.gpu_set() is not None:
+            placement["gpu_devices"] = self.gpu_set()  # the worker's GPU set: the server's CUDA_VISIBLE_DEVICES
         store.update_config(cfg.name, lambda d: d.update(
             status="running", server_version=version,
             deployment={"status": "success", "startup_time_seconds": round(deployment.startup_seconds, 2),
                         "health_check_attempts": deployment.health_check_attempts,
-                        "log_path": str(deployment.log_path) if deployment.log_path else None,
+                        "log_path": str(deployment.log_path) if deployment.log_path else None, **placement,
                         **{k: v for k, v in deployment.describe.items() if k != "ready_monotonic"}}))
         return deployment
 
@@ -387,9 +390,10 @@ class GridSession:
         self.store.record_test(cfg_name, test_key, {"status": outcome, "message": message,
                                                     "duration_s": round(duration_s, 3)})
 
-    def write_manifest(self, status: str) -> None:
-        """The run manifest: grid, configs, versions, hardware, times, status."""
-        if self.is_worker or self.grid is None:
+    def write_manifest(self, status: str, *, allow_worker: bool = False) -> None:
+        """The run manifest: grid, configs, versions, hardware, times, status (the controller's; under xdist
+        the first worker to deploy writes the "running" one)."""
+        if (self.is_worker and not allow_worker) or self.grid is None:
             return
         store = self._store()
         grid = self.grid

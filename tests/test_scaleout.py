@@ -46,6 +46,9 @@ def test_each_config_runs_on_one_worker_with_disjoint_gpu_sets(pytester, write_g
     expected = {"gw0": "cuda=0,1", "gw1": "cuda=2,3"}  # worker gwI gets devices [2I, 2I+2)
     assert {name: cuda_by_config[name] for name in worker_of} == {
         name: expected[worker] for name, worker in worker_of.items()}
+    for name, worker in worker_of.items():  # the results say where each config ran
+        deployment = json.loads((pytester.path / "out" / f"{name}.json").read_text())["deployment"]
+        assert (deployment["worker"], ",".join(deployment["gpu_devices"])) == (worker, expected[worker][5:])
 
 
 def test_workers_use_disjoint_port_ranges_and_one_report_aggregates_all(pytester, write_grid, monkeypatch):
@@ -73,3 +76,13 @@ def test_too_few_gpus_for_the_workers_is_a_clear_error(pytester, write_grid, mon
     result = pytester.runpytest_subprocess("--grid", str(grid), "-n", "2", "--vllm-gpus-per-config", "1",
                                            "-p", "no:cacheprovider")
     assert re.search(r"only 1 are visible", result.stdout.str() + result.stderr.str())
+
+
+def test_xdist_without_grid_tests_leaves_no_results_behind(pytester):
+    """The plugin is active wherever it is installed: `pytest -n 2` on ordinary tests must not make a
+    results directory, a manifest or reports."""
+    pytester.makepyfile(test_plain="def test_one():\n    pass\n\ndef test_two():\n    pass\n")
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    assert not (pytester.path / "results").exists()
+    assert "report" not in result.stdout.str()
