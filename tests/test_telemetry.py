@@ -589,3 +589,43 @@ def test_report_says_why_telemetry_was_unavailable(tmp_path):
         "unavailable": "NVML init failed: NVML Shared Library Not Found"}}}})
     markdown = write_reports(store)["markdown"].read_text()
     assert "`cpu`: telemetry unavailable: NVML init failed: NVML Shared Library Not Found" in markdown
+
+
+def test_recorded_two_gpu_xdist_run_shows_each_worker_on_its_own_gpu(tmp_path):
+    """Issue 11's proof, replayed (tests/data/h100x2_xdist_run): `pytest perf/multigpu -n 2
+    --vllm-gpus-per-config 1` on 2 H100s, each config's server a torch matmul stand-in on its worker's GPU;
+    apps.csv is `nvidia-smi --query-compute-apps` polled every 0.5 s during the run."""
+    import csv
+    import shutil
+
+    from pytest_vllmgrid.report import write_reports
+    from pytest_vllmgrid.results import ResultsStore
+
+    data = Path(__file__).parent / "data" / "h100x2_xdist_run"
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("gpu_a.json", "gpu_b.json", "manifest.json"):
+        shutil.copy(data / name, run / name)
+    store = ResultsStore(run)
+    configs = store.all_configs()
+    assert sorted(configs) == ["gpu_a", "gpu_b"]
+    gpu_of, uuid_of, pid_of = {}, {}, {}
+    for name, result in configs.items():
+        deployment = result["deployment"]
+        telemetry = result["tests"]["gpu_window"]["measurement"]["info"]["telemetry"]["summary"]
+        [device] = telemetry["devices"]  # the config's telemetry covers its own GPU only
+        assert str(device["index"]) == "".join(deployment["gpu_devices"])
+        assert device["util_mean_pct"] > 50 and device["mem_peak_mb"] > device["mem_start_mb"] + 4000
+        gpu_of[name], uuid_of[name], pid_of[name] = deployment["worker"], device["uuid"], deployment["pid"]
+    assert sorted(gpu_of.values()) == ["gw0", "gw1"]  # one worker per config
+    assert len(set(uuid_of.values())) == 2  # ... on two different GPUs
+    with open(data / "apps.csv", newline="") as fh:
+        apps = {(row[1].strip(), int(row[2])) for row in csv.reader(fh)}
+    # nvidia-smi saw exactly one compute process per GPU: the config's own server, never the other's
+    assert apps == {(uuid_of[name], pid_of[name]) for name in configs}
+    paths = write_reports(store)
+    section = paths["markdown"].read_text().split("## GPU telemetry", 1)[1]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith("| gpu_")]
+    assert sorted((row[1].strip(), row[2].strip()[0]) for row in rows) == [("gpu_a", "0"), ("gpu_b", "1")]
+    report = json.loads(paths["json"].read_text())
+    assert {c["name"] for c in report["configs"]} == {"gpu_a", "gpu_b"}
