@@ -168,9 +168,10 @@ class FaultApp:
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.AbstractServer | None = None
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Bind and start serving; return the bound port."""
-        self._server = await asyncio.start_server(self._serve_connection, host, port, backlog=1024)
+    async def start(self, host: str = "127.0.0.1", port: int = 0, ssl_context: Any = None) -> int:
+        """Bind and start serving (over TLS when given a server `ssl_context`); return the bound port."""
+        self._server = await asyncio.start_server(self._serve_connection, host, port, backlog=1024,
+                                                  ssl=ssl_context)
         return self._server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
@@ -540,9 +541,10 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
 class FaultServer:
     """Runs a FaultApp on 127.0.0.1 in a thread: `with FaultServer("ok") as s: s.base_url`."""
 
-    def __init__(self, mode: str = "ok", *, port: int = 0, **options: Any) -> None:
+    def __init__(self, mode: str = "ok", *, port: int = 0, ssl_context: Any = None, **options: Any) -> None:
         self.app = FaultApp(FaultOptions(mode=mode, **options))
         self.port = port
+        self.ssl_context = ssl_context
         self._loop = _new_event_loop()
         self._thread = threading.Thread(target=self._run, name="fault-server", daemon=True)
         self._ready = threading.Event()
@@ -551,7 +553,7 @@ class FaultServer:
     @property
     def base_url(self) -> str:
         """Root URL of the server, without /v1."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context is not None else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def received(self) -> deque[ReceivedRequest]:
@@ -574,7 +576,7 @@ class FaultServer:
         """Thread body: bind, then run the loop until stopped."""
         asyncio.set_event_loop(self._loop)
         try:
-            self.port = self._loop.run_until_complete(self.app.start(port=self.port))
+            self.port = self._loop.run_until_complete(self.app.start(port=self.port, ssl_context=self.ssl_context))
         except BaseException as exc:  # reported to the thread that called __enter__
             self._startup_error = exc
             self._ready.set()

@@ -349,3 +349,60 @@ def test_fault_server_prefix_cache_reset_makes_repeat_prompt_miss() -> None:
         record = _chat(server.base_url, messages=LONG_PROMPT)
     assert reset.json() == {"success": True}
     assert record.cached_prompt_tokens == 0
+
+
+# --- https ---------------------------------------------------------------------------------------
+
+
+def _self_signed_certificate(folder) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as PEM files (cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_https_streams_when_the_certificate_is_trusted_and_fails_as_connect_when_not(tmp_path, monkeypatch) -> None:
+    """An https endpoint (e.g. the endpoint deployer's remote server): the client verifies the certificate
+    (httpx's rules: SSL_CERT_FILE, else certifi), with one TLS context per process."""
+    import ssl
+
+    from pytest_vllmgrid import client as client_module
+
+    cert, key = _self_signed_certificate(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    with FaultServer("ok", tokens=3, ssl_context=server_context) as server:
+        assert server.base_url.startswith("https://")
+        client_module._tls_context.cache_clear()  # the process-wide context is built from the environment
+        monkeypatch.setenv("SSL_CERT_FILE", cert)
+        try:
+            trusted = _run(_chats(server.base_url, count=2))
+        finally:
+            client_module._tls_context.cache_clear()
+        monkeypatch.delenv("SSL_CERT_FILE")
+        untrusted = _chat(server.base_url)
+        client_module._tls_context.cache_clear()
+    assert [(r.error, r.output_text) for r in trusted] == [(None, "tok0 tok1 tok2 ")] * 2
+    assert untrusted.error is not None and untrusted.error.kind == "connect"
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.error.message
