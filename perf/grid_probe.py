@@ -56,29 +56,30 @@ def _timed_request(method: Any) -> Any:
     return wrapper
 
 
-def _timed_reports(function: Any) -> Any:
+def _timed_span(function: Any, done: Any) -> Any:
+    """Wrap a function: call done(start, end, *args, **kwargs) after each call, even one that raised."""
+
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         start = time.monotonic()
         try:
             return function(*args, **kwargs)
         finally:
-            EVENTS["reports"] = [start, time.monotonic()]
+            done(start, time.monotonic(), *args, **kwargs)
     return wrapper
+
+
+def _timed_reports(function: Any) -> Any:
+    """Keep the span of the (single) report writing."""
+    return _timed_span(function, lambda start, end, *a, **k: EVENTS.__setitem__("reports", [start, end]))
 
 
 def _timed_call(name: Any, function: Any) -> Any:
     """Wrap a function: keep (name, start, end, config); `name` may be a callable of the arguments."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.monotonic()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            label = name(*args, **kwargs) if callable(name) else name
-            EVENTS["calls"].append([label, start, time.monotonic(), _current["config"]])
-    return wrapper
+    def done(start: float, end: float, *args: Any, **kwargs: Any) -> None:
+        label = name(*args, **kwargs) if callable(name) else name
+        EVENTS["calls"].append([label, start, end, _current["config"]])
+    return _timed_span(function, done)
 
 
 def _http_label(method: str) -> Any:

@@ -268,8 +268,9 @@ class GridSession:
         run.deployment = deployment
         version = server_version(deployment)
         placement = {"worker": self.pytest_config.workerinput.get("workerid")} if self.is_worker else {}
-        if self.gpu_set() is not None:
-            placement["gpu_devices"] = self.gpu_set()  # the worker's GPU set: the server's CUDA_VISIBLE_DEVICES
+        gpus = self.gpu_set()
+        if gpus is not None:
+            placement["gpu_devices"] = gpus  # the worker's GPU set: the server's CUDA_VISIBLE_DEVICES
         store.update_config(cfg.name, lambda d: d.update(
             status="running", server_version=version,
             deployment={"status": "success", "startup_time_seconds": round(deployment.startup_seconds, 2),
