@@ -68,9 +68,8 @@ def test_kv_cache(vllm_bench: BenchContext) -> None:
     m.add_sample("ttft_hit_ms", hit_ms, "ms", LOWER, headline=True)
     m.add_value("server_hits_during_miss", miss_hits, "tokens", None)
     m.add_value("server_hits_during_hit", hit_hits, "tokens", None)
-    delta = window.delta or {}
-    m.add_value("server_hit_rate_pct", None if delta.get("prefix_cache_hit_rate") is None
-                else delta["prefix_cache_hit_rate"] * 100, "%", None)
+    rate = window.delta.prefix_cache_hit_rate if window.delta is not None else None
+    m.add_value("server_hit_rate_pct", None if rate is None else rate * 100, "%", None)
     m.info.update(prefix_caching=caching, cache_reset=reset_ok, errors=errors,
                   prompt_tokens=[r.prompt_tokens for r in misses[:3]])
     invalid = None
@@ -91,9 +90,9 @@ def test_kv_cache(vllm_bench: BenchContext) -> None:
         m.warnings.append("POST /reset_prefix_cache was refused (needs VLLM_SERVER_DEV_MODE=1 on the server): "
                           "the first MISS relies on the nonce alone")
     vllm_bench.finish(m, window, legacy={
-        "ttft_cache_miss_ms": m.metrics["ttft_miss_ms"]["p50"], "ttft_cache_hit_ms": m.metrics["ttft_hit_ms"]["p50"],
-        "cache_acceleration": (m.metrics.get("acceleration") or {}).get("value"),
-        "gain_percentage": (m.metrics.get("gain_pct") or {}).get("value")})
+        "ttft_cache_miss_ms": m.metrics["ttft_miss_ms"].p50, "ttft_cache_hit_ms": m.metrics["ttft_hit_ms"].p50,
+        "cache_acceleration": m.metrics["acceleration"].value if "acceleration" in m.metrics else None,
+        "gain_percentage": m.metrics["gain_pct"].value if "gain_pct" in m.metrics else None})
     assert not errors, f"{len(errors)} request(s) failed: {sorted(set(errors))}"
     if invalid:
         pytest.fail(invalid, pytrace=False)

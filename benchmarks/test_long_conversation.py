@@ -73,9 +73,8 @@ def test_long_conversation(vllm_bench: BenchContext) -> None:
         ratio = ratio_ci(last, first)
         m.add_value("degradation_pct", (ratio.value - 1) * 100, "%", LOWER, headline=True,
                     ci=((ratio.ci_low - 1) * 100, (ratio.ci_high - 1) * 100), method=ratio.method, n=len(last))
-    delta = window.delta or {}
-    m.add_value("server_hit_rate_pct", None if delta.get("prefix_cache_hit_rate") is None
-                else delta["prefix_cache_hit_rate"] * 100, "%", None,
+    rate = window.delta.prefix_cache_hit_rate if window.delta is not None else None
+    m.add_value("server_hit_rate_pct", None if rate is None else rate * 100, "%", None,
                 method="server counters vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total over the run")
     m.info.update(
         turn_ttft_ms=[[r.ttft * 1000 if r.ok and r.ttft is not None else None for r in run] for run in runs],

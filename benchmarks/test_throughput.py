@@ -1,6 +1,7 @@
 """Throughput under a concurrency sweep: output tok/s, req/s, latency percentiles and goodput per level.
 
-Each level of `concurrency` is its own test (`throughput[4]`), a closed loop that keeps that many
+Each level of `concurrency` is its own test (`throughput[4]`; the plugin parametrizes the
+`concurrency` argument by the run's settings), a closed loop that keeps that many
 streamed requests in flight, bounded by a request count and a duration. Every prompt is fresh (no
 prefix-cache help) and, by default, every request decodes exactly `throughput_max_tokens` tokens
 (ignore_eos), so configs are compared on the same work. The server's own generated-token counter
@@ -11,22 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import pytest
-
 from pytest_vllmgrid.bench import (WILSON_METHOD, BenchContext, MetricsWindow, add_request_samples,
                                    assert_all_succeeded, percent_with_ci)
 from pytest_vllmgrid.client import ChatClient, RequestRecord
 from pytest_vllmgrid.load import LoadResult, run_concurrency
 from pytest_vllmgrid.measurement import HIGHER, Measurement
-from pytest_vllmgrid.session import STASH_KEY
 from pytest_vllmgrid.workloads import fresh_nonce, text_of_tokens
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """One test per concurrency level of the run's settings (ids are the levels)."""
-    if "concurrency" in metafunc.fixturenames:
-        levels = metafunc.config.stash[STASH_KEY].bench_settings().concurrency
-        metafunc.parametrize("concurrency", levels, ids=[str(level) for level in levels])
 
 
 def meets_slo(record: RequestRecord, slo_ttft_ms: float, slo_tpot_ms: float) -> bool:

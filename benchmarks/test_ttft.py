@@ -32,7 +32,7 @@ def test_ttft(vllm_bench: BenchContext, prompt: str) -> None:
     m = Measurement(method=f"{len(records)} sequential streamed chat requests after {s.warmup} warm-up "
                            f"requests; fresh ~{n_tokens}-token prompts, max_tokens {s.max_tokens}, temperature 0")
     ok = add_request_samples(m, records, window)
-    m.metrics["ttft_ms"]["headline"] = prompt == "short"
+    m.metrics["ttft_ms"].headline = prompt == "short"
     m.add_sample("itl_ms", [gap * 1000 for r in ok for gap in r.itl], "ms", LOWER)
     m.info["prompt_tokens_mean"] = (sum(r.prompt_tokens or 0 for r in ok) / len(ok)) if ok else None
     vllm_bench.finish(m, window)

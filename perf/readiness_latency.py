@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import load_average  # noqa: E402
 
 from pytest_vllmgrid.results import ResultsStore  # noqa: E402
-from pytest_vllmgrid.session import packaged_default_grid  # noqa: E402
+from pytest_vllmgrid.placement import packaged_default_grid  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "tiny"

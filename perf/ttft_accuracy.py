@@ -49,7 +49,7 @@ from pytest_vllmgrid.deploy.process import ProcessDeployer  # noqa: E402
 from pytest_vllmgrid.grid import load_grid  # noqa: E402
 from pytest_vllmgrid.load import run_event_loop  # noqa: E402
 from pytest_vllmgrid.server_metrics import HistogramDelta, diff, fetch_metrics  # noqa: E402
-from pytest_vllmgrid.session import cache_root, packaged_default_grid  # noqa: E402
+from pytest_vllmgrid.placement import cache_root, packaged_default_grid  # noqa: E402
 from pytest_vllmgrid.tinymodel import ensure_tiny_model  # noqa: E402
 from pytest_vllmgrid.workloads import text_of_tokens  # noqa: E402
 

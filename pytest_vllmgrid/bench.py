@@ -8,18 +8,21 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pytest_vllmgrid.client import ChatClient, RequestRecord
-from pytest_vllmgrid.deploy.base import Endpoint
+from pytest_vllmgrid.endpoint import Endpoint
 from pytest_vllmgrid.grid import ServerConfig
 from pytest_vllmgrid.load import run_event_loop
 from pytest_vllmgrid.measurement import LOWER, Measurement
-from pytest_vllmgrid.server_metrics import MetricsSnapshot, MetricsUnavailable, diff, fetch_metrics
-from pytest_vllmgrid.thresholds import Thresholds, Verdict, judge
+from pytest_vllmgrid.server_metrics import MetricsSnapshot, MetricsUnavailable, ServerDelta, diff, fetch_metrics
+from pytest_vllmgrid.judge import failures, judge_test
+from pytest_vllmgrid.results.models import JsonObject, Metric, TestResult, Verdict
+from pytest_vllmgrid.thresholds import Thresholds
 from pytest_vllmgrid.telemetry import TelemetryWarning
 from pytest_vllmgrid.telemetry import AlertThresholds, TelemetrySampler, TelemetrySeries, measurement_telemetry
 
@@ -107,7 +110,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 class MetricsWindow:
     """Server /metrics deltas over a block of requests (filled when the block ends)."""
 
-    delta: dict[str, Any] | None = None
+    delta: ServerDelta | None = None
     error: str | None = None
 
 
@@ -118,16 +121,16 @@ class BenchContext:
     endpoint: Endpoint
     config: ServerConfig
     settings: BenchSettings
-    record: Callable[..., None]
+    record: Callable[[TestResult], None]
     sampler: TelemetrySampler | None = None
     alert_thresholds: AlertThresholds | None = None
     thresholds: Thresholds | None = None
     test_key: str = ""
-    baseline_metrics: Callable[[], dict[str, Any] | None] = lambda: None
+    baseline_metrics: Callable[[], Mapping[str, Metric] | None] = lambda: None
     fail_on_gpu_alerts: bool = False
     http: httpx.Client | None = None  # the deployment's kept-alive control client (None: one per call)
     _token_cache: dict[str, int] = field(default_factory=dict)
-    _stored: dict[str, Any] | None = None
+    _stored: TestResult | None = None
 
     def client(self) -> ChatClient:
         """A streaming client for this server (use as `async with`)."""
@@ -182,7 +185,7 @@ class BenchContext:
                 if counted is None or counted >= expected or time.monotonic() > deadline:
                     break
                 time.sleep(0.01)
-            window.delta = delta.to_dict()
+            window.delta = delta
         except MetricsUnavailable as exc:
             window.error = str(exc)
 
@@ -210,43 +213,36 @@ class BenchContext:
         return self._token_cache[text]
 
     def finish(self, measurement: Measurement, window: MetricsWindow | None = None,
-               legacy: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Attach server deltas and GPU telemetry, store the measurement (+ seed-schema fields)."""
+               legacy: Mapping[str, float | None] | None = None) -> TestResult:
+        """Attach server deltas and GPU telemetry and hand the test's record to the fixture, which stores it
+        once the test's outcome is known (`legacy`: the seeds' flat fields)."""
         if window is not None:
-            measurement.server = window.delta
+            measurement.server = window.delta.to_dict() if window.delta is not None else None
             if window.error:
                 measurement.warnings.append(f"server /metrics unavailable: {window.error}")
         series = self.stop_telemetry()
         if series is not None:
             tele = measurement_telemetry(series, self.alert_thresholds)
-            measurement.info["telemetry"] = tele
             if not series.available:
-                measurement.info["telemetry"]["unavailable"] = series.reason
+                tele["unavailable"] = series.reason
+            measurement.info["telemetry"] = tele
             measurement.warnings += [f"GPU alert: {a['message']}" for a in tele["alerts"]]
             for alert in tele["alerts"]:  # shown in pytest's warnings summary on the terminal
                 warnings.warn(TelemetryWarning(f"{self.config.name}: {alert['message']}"), stacklevel=2)
-        data = measurement.to_dict()
-        data["settings"] = self.settings.model_dump()
-        if series is not None and series.available:
-            data["telemetry_series"] = series.to_dict()
-        self.record(data, **(legacy or {}))
-        self._stored = data
-        return data
+            if series.available:
+                measurement.telemetry_series = series.to_dict()
+        measurement.settings = self.settings.model_dump()
+        test = TestResult(measurement=measurement, **(legacy or {}))
+        self.record(test)
+        self._stored = test
+        return test
 
     def check_thresholds(self) -> list[Verdict]:
-        """Judge the stored measurement against the thresholds file; fail with every broken bound."""
+        """Judge the measurement against the thresholds file; fail with every broken bound."""
         assert self._stored is not None, "call finish() before check_thresholds()"
-        verdicts: list[Verdict] = []
-        if self.thresholds is not None:
-            base = self.baseline_metrics() or {}
-            for metric_name, bound in self.thresholds.for_test(self.test_key, self.config.name, self.config.params).items():
-                verdicts += judge(f"{self.test_key}.{metric_name}", bound, self._stored["metrics"].get(metric_name),
-                                  base.get(metric_name), self.config.name, self.config.is_baseline)
-        self.record(self._stored, thresholds=[v.to_dict() for v in verdicts])
-        failed = [v.message for v in verdicts if v.passed is False]
-        gpu_alerts = [w for w in self._stored.get("warnings", []) if w.startswith("GPU alert")]
-        if self.fail_on_gpu_alerts:
-            failed += gpu_alerts
+        verdicts = judge_test(self._stored, self.test_key, self.thresholds, self.config.name, self.config.params,
+                              self.config.is_baseline, self.baseline_metrics())
+        failed = failures(self._stored, fail_on_gpu_alerts=self.fail_on_gpu_alerts)
         if failed:
             raise AssertionError(f"{self.config.name}: " + "; ".join(failed))
         return verdicts
@@ -278,7 +274,7 @@ def add_request_samples(m: Measurement, records: Sequence[RequestRecord], window
 def burst_responses(ok: Sequence[RequestRecord], window: MetricsWindow) -> list[RequestRecord]:
     """Responses whose client-side decode time is under BURST_FRACTION of the engine's (its mean inter-token
     latency over the window x tokens): the stream was held back and delivered at once."""
-    itl = ((window.delta or {}).get("inter_token_latency") or {}).get("mean_s")
+    itl = window.delta.inter_token_latency.mean_s if window.delta and window.delta.inter_token_latency else None
     if not itl:
         return []
     return [r for r in ok if r.e2e is not None and r.ttft is not None and (r.completion_tokens or 0) >= 8
@@ -291,31 +287,31 @@ def _add_server_check(m: Measurement, window: MetricsWindow, ok: Sequence[Reques
     Warns when the client's TTFT is mostly spent outside the engine, when responses arrived in one burst
     (their TTFT includes decoding) and when the token counts disagree.
     """
-    delta = window.delta or {}
-    ttft = delta.get("ttft") or {}
-    itl = delta.get("inter_token_latency") or {}
-    check: dict[str, Any] = {}
-    if ttft.get("p50_s") is not None:
-        m.add_value("server_ttft_p50_ms", ttft["p50_s"] * 1000, "ms", LOWER, n=int(ttft.get("count") or 0),
+    delta = window.delta
+    ttft = delta.ttft if delta is not None else None
+    itl = delta.inter_token_latency if delta is not None else None
+    check: JsonObject = {}
+    if ttft is not None and ttft.p50_s is not None:
+        m.add_value("server_ttft_p50_ms", ttft.p50_s * 1000, "ms", LOWER, n=int(ttft.count or 0),
                     method="server histogram vllm:time_to_first_token_seconds, bucket-interpolated median")
     client_ttft = [r.ttft for r in ok if r.ttft is not None]
-    if ttft.get("mean_s") is not None and client_ttft:
+    if ttft is not None and ttft.mean_s is not None and client_ttft:
         client_mean = sum(client_ttft) / len(client_ttft)
-        outside = (client_mean - ttft["mean_s"]) * 1000
-        check.update(client_ttft_mean_ms=client_mean * 1000, server_ttft_mean_ms=ttft["mean_s"] * 1000,
+        outside = (client_mean - ttft.mean_s) * 1000
+        check.update(client_ttft_mean_ms=client_mean * 1000, server_ttft_mean_ms=ttft.mean_s * 1000,
                      outside_engine_ttft_ms=outside)
         if outside > max(OUTSIDE_ENGINE_MS, 0.5 * client_mean * 1000):
             m.warnings.append(f"client TTFT mean {client_mean * 1000:.0f} ms vs the engine's "
-                              f"{ttft['mean_s'] * 1000:.0f} ms: {outside:.0f} ms per request is spent outside the "
+                              f"{ttft.mean_s * 1000:.0f} ms: {outside:.0f} ms per request is spent outside the "
                               "engine (API server, network, CPU contention)")
-    if itl.get("mean_s"):
-        check.update(server_itl_mean_ms=itl["mean_s"] * 1000, burst_responses=bursts)
+    if itl is not None and itl.mean_s:
+        check.update(server_itl_mean_ms=itl.mean_s * 1000, burst_responses=bursts)
     if bursts:
         m.warnings.append(f"{bursts} of {len(ok)} responses arrived in one burst (client decode time under "
                           f"{BURST_FRACTION:.0%} of the engine's): their TTFT includes decoding, their TPOT is "
                           "left out")
     client_tokens = sum(r.completion_tokens or 0 for r in ok)
-    server_tokens = delta.get("generation_tokens")
+    server_tokens = delta.generation_tokens if delta is not None else None
     check.update(client_completion_tokens=client_tokens, server_generation_tokens=server_tokens)
     if server_tokens is not None and abs(server_tokens - client_tokens) > max(1.0, 0.02 * client_tokens):
         m.warnings.append(f"the server counted {server_tokens:.0f} generated tokens over the window, the client's "

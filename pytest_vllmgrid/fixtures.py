@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 
 from pytest_vllmgrid.bench import BenchContext
-from pytest_vllmgrid.deploy.base import DeploymentError, Deployment, Endpoint
+from pytest_vllmgrid.deploy.base import DeploymentError, Deployment
+from pytest_vllmgrid.endpoint import Endpoint
 from pytest_vllmgrid.grid import ServerConfig
-from pytest_vllmgrid.results import result_key
+from pytest_vllmgrid.results import TestResult, result_key
 from pytest_vllmgrid.session import STASH_KEY, GridSession
 from pytest_vllmgrid.telemetry import TelemetrySampler
 
@@ -40,7 +41,7 @@ def vllm_deployment(vllm_config: ServerConfig, vllm_session: GridSession):
     try:
         deployment = vllm_session.deploy(vllm_config)
     except DeploymentError as exc:
-        vllm_session._terminal_line(f"\nvllmgrid: {vllm_config.name}: deployment failed\n{exc.details()}")
+        vllm_session.terminal_line(f"\nvllmgrid: {vllm_config.name}: deployment failed\n{exc.details()}")
         tail = "\n".join(exc.log_tail.splitlines()[-FAIL_LOG_LINES:])
         log = f"\nfull log: {exc.log_path}" if exc.log_path else ""
         pytest.fail(f"deployment of {vllm_config.name} failed: {exc.summary()}{log}"
@@ -65,17 +66,18 @@ def vllm_endpoint(vllm_deployment: Deployment) -> Endpoint:
 @pytest.fixture
 def vllm_record(request: pytest.FixtureRequest, vllm_config: ServerConfig,
                 vllm_session: GridSession) -> Callable[..., None]:
-    """`vllm_record(measurement, **fields)` stores this benchmark's measurement in the config's results."""
+    """`vllm_record(test)` hands this benchmark's measured record to the run; it is written once, with the
+    test's outcome."""
     key = result_key(request.node)
 
-    def record(measurement: dict[str, Any], **fields: Any) -> None:
-        vllm_session.record_measurement(vllm_config.name, key, measurement, **fields)
+    def record(test: TestResult) -> None:
+        vllm_session.record_measurement(vllm_config.name, key, test)
     return record
 
 
 @pytest.fixture
 def vllm_bench(request: pytest.FixtureRequest, vllm_endpoint: Endpoint, vllm_deployment: Deployment,
-               vllm_config: ServerConfig, vllm_session: GridSession, vllm_record: Callable[[dict[str, Any]], None]):
+               vllm_config: ServerConfig, vllm_session: GridSession, vllm_record: Callable[[TestResult], None]):
     """Settings, a streaming client, /metrics windows, GPU telemetry and recording for one benchmark."""
     settings = vllm_session.bench_settings()
     gpus = vllm_session.gpu_set()

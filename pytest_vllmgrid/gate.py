@@ -10,19 +10,17 @@ verdicts; `configure_gate` / `check_regression` are the thin pytest glue plugin.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import pytest
 
 from pytest_vllmgrid.grid import suggest
-from pytest_vllmgrid.measurement import HIGHER
-from pytest_vllmgrid.report.model import _fmt as fmt_number
-from pytest_vllmgrid.results import ResultsStore
+from pytest_vllmgrid.numbers import fmt_cell, fmt_number
+from pytest_vllmgrid.results import HIGHER, GateRecord, GateVerdict, Measurement, ResultsStore, TestResult
 from pytest_vllmgrid.stats import MIN_SAMPLES_FOR_SIGNIFICANCE, STATISTICS, Comparison, compare_runs_level
-from pytest_vllmgrid.thresholds import METRICS, _unknown_metric
+from pytest_vllmgrid.thresholds import METRICS, unknown_metric
 
 # Short names for the metrics a CI gate usually watches: alias -> TEST.METRIC[:STAT].
 ALIASES: dict[str, str] = {
@@ -98,7 +96,7 @@ def parse_spec(text: str) -> GateSpec:
         if statistic not in STATISTICS:
             raise GateError(f"regression gate spec {text!r}: unknown statistic {statistic!r}; allowed: "
                             f"{', '.join(STATISTICS)}")
-    problem = _unknown_metric(name) if "." in name else f"unknown metric {name!r}"
+    problem = unknown_metric(name) if "." in name else f"unknown metric {name!r}"
     if problem:
         names = allowed_metric_names()
         raise GateError(f"regression gate spec {text!r}: {problem}{suggest(head, names)}; allowed metric names: "
@@ -114,78 +112,8 @@ def parse_specs(values: Iterable[str] | str | None) -> list[GateSpec]:
     return [parse_spec(part) for value in values or [] for part in re.split(r"[\s,]+", value) if part]
 
 
-@dataclass
-class GateVerdict:
-    """One metric of one config judged OLD -> NEW."""
-
-    config: str
-    metric: str  # TEST.METRIC as stored
-    statistic: str
-    status: str
-    allowed_pct: float | None = None  # None: shown, not gated
-    unit: str = ""
-    higher_is_better: bool = False
-    old: float | None = None
-    new: float | None = None
-    change_pct: float | None = None
-    ci_low_pct: float | None = None
-    ci_high_pct: float | None = None
-    n_old: int = 0
-    n_new: int = 0
-    significant: bool = False
-    note: str = ""
-    spec: str | None = None
-    runs_old: int = 1  # stored runs judged on each side (several: runs as the unit)
-    runs_new: int = 1
-    method: str = ""  # how the change and its CI were computed (stats.Comparison.method)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form (stored in the results and the manifest)."""
-        return asdict(self)
-
-    @property
-    def failed(self) -> bool:
-        """True when this verdict fails the gate."""
-        return self.status == REGRESSION
-
-    def allowed_text(self) -> str:
-        """`+10%` (lower is better) or `-5%` (higher is better); '' when not gated."""
-        if self.allowed_pct is None:
-            return ""
-        return f"{'-' if self.higher_is_better else '+'}{self.allowed_pct:g}%"
-
-    def change_text(self) -> str:
-        """`+30.3% [95% CI +21.0% .. +40.2%]`, or ''."""
-        if self.change_pct is None:
-            return ""
-        ci = "" if self.ci_low_pct is None else f" [95% CI {self.ci_low_pct:+.1f}% .. {self.ci_high_pct:+.1f}%]"
-        return f"{self.change_pct:+.1f}%{ci}"
-
-    def verdict_text(self) -> str:
-        """The status in words, with its reason when nothing could be judged."""
-        if self.status == REGRESSION:
-            return "REGRESSION"
-        if self.status in (NOT_JUDGED, MISSING):
-            return f"{self.status}: {self.note}"
-        worse = self.change_pct is not None and (self.change_pct < 0) == self.higher_is_better
-        trend = ("no significant change" if not self.significant
-                 else "significantly worse" if worse else "significantly better")
-        if self.status != OK:
-            return trend
-        return f"ok, {trend} (within {self.allowed_text()})" if self.significant and worse else f"ok, {trend}"
-
-    def message(self) -> str:
-        """One line: metric, old, new, change with its CI, allowed change, verdict."""
-        values = ""
-        if self.old is not None and self.new is not None:
-            values = f" {fmt_number(self.old)} -> {_cell(self.new, self.unit)}"
-        change = f" ({self.change_text()})" if self.change_pct is not None else ""
-        allowed = f", allowed {self.allowed_text()}" if self.allowed_pct is not None else ""
-        return f"{self.config}: {self.metric} {self.statistic}{values}{change}{allowed}: {self.verdict_text()}"
-
-
-Tests = dict[str, Any] | Sequence[dict[str, Any] | None] | None
-"""One config's stored test on one side: a test dict, None, or one per stored run (None where absent)."""
+Tests = TestResult | Sequence[TestResult | None] | None
+"""One config's stored test on one side: a test, None, or one per stored run (None where absent)."""
 
 
 def judge_metric(config: str, metric_key: str, old_test: Tests, new_test: Tests,
@@ -193,20 +121,21 @@ def judge_metric(config: str, metric_key: str, old_test: Tests, new_test: Tests,
     """Judge one stored metric of one config on its raw samples; several runs on a side: runs as the unit."""
     name = metric_key.rsplit(".", 1)[1]
     old_runs, new_runs = _measurements(old_test), _measurements(new_test)
-    meta = next((m["metrics"][name] for m in new_runs + old_runs if (m.get("metrics") or {}).get(name)), {})
+    meta = next((m.metrics[name] for m in new_runs + old_runs if name in m.metrics), None)
     stat = statistic or DEFAULT_STATISTIC
     verdict = GateVerdict(config=config, metric=metric_key, statistic=stat, status=MISSING, allowed_pct=allowed_pct,
-                          unit=meta.get("unit", ""), higher_is_better=meta.get("better") == HIGHER, spec=spec)
+                          unit=meta.unit if meta else "", higher_is_better=meta is not None and meta.better == HIGHER,
+                          spec=spec)
     old_values, new_values = _run_samples(old_runs, name), _run_samples(new_runs, name)
     benchmark = metric_key.rsplit(".", 1)[0].split("[", 1)[0]
     proxy = RATE_PROXIES.get(f"{benchmark}.{name}") if old_values is None or new_values is None else None
     if proxy and _run_samples(old_runs, proxy, non_empty=True) and _run_samples(new_runs, proxy, non_empty=True):
         return _judge_rate(verdict, old_runs, new_runs, name, proxy)
-    if not meta:
+    if meta is None:
         verdict.note = "not measured in either run"
     elif old_values is None or new_values is None:
         side, runs = ("OLD", old_runs) if old_values is None else ("NEW", new_runs)
-        has_value = any(name in (m.get("metrics") or {}) for m in runs)
+        has_value = any(name in m.metrics for m in runs)
         verdict.status = NOT_JUDGED if has_value else MISSING
         verdict.note = (f"no raw samples stored in {side} (a single value cannot be tested)" if has_value
                         else f"not measured in {side}")
@@ -224,7 +153,7 @@ def judge_metric(config: str, metric_key: str, old_test: Tests, new_test: Tests,
     return verdict
 
 
-def _judge_rate(verdict: GateVerdict, old_runs: list[dict[str, Any]], new_runs: list[dict[str, Any]], name: str,
+def _judge_rate(verdict: GateVerdict, old_runs: list[Measurement], new_runs: list[Measurement], name: str,
                 proxy: str) -> GateVerdict:
     """A rate without raw samples, judged as 1 / mean(proxy samples): a drop of a% is a rise of a/(100-a)%."""
     allowed = verdict.allowed_pct or 0.0
@@ -268,7 +197,7 @@ def judge_test(config: str, test_key: str, old_test: Tests, new_test: Tests,
                specs: list[GateSpec]) -> list[GateVerdict]:
     """Verdicts for one config's test; without specs, every headline sample metric, shown not gated."""
     tests = [*_tests(new_test), *_tests(old_test)]
-    names = list(dict.fromkeys(name for test in tests for name in _measurement(test).get("metrics") or {}))
+    names = list(dict.fromkeys(name for test in tests if test.measurement for name in test.measurement.metrics))
     verdicts = []
     for name in names:
         key = f"{test_key}.{name}"
@@ -295,7 +224,7 @@ def compare_runs(old: Runs, new: Runs, specs: list[GateSpec]) -> list[GateVerdic
         if not old_data:
             continue
         new_data = [results[config] for results in new_results if config in results]
-        old_tests, new_tests = ([d.get("tests") or {} for d in data] for data in (old_data, new_data))
+        old_tests, new_tests = ([d.tests for d in data] for data in (old_data, new_data))
         for test_key in dict.fromkeys([*(k for t in new_tests for k in t), *(k for t in old_tests for k in t)]):
             verdicts += judge_test(config, test_key, [t.get(test_key) for t in old_tests],
                                    [t.get(test_key) for t in new_tests], specs)
@@ -345,7 +274,7 @@ def open_run(path: str | Path, what: str = "run") -> ResultsStore:
 def render_table(verdicts: list[GateVerdict]) -> list[str]:
     """The comparison as aligned text lines (terminal summary and `vllmgrid compare`)."""
     header = ["config", "metric", "stat", "old", "new", "change [95% CI]", "allowed", "verdict"]
-    rows = [[v.config, v.metric, v.statistic, _cell(v.old, v.unit), _cell(v.new, v.unit), v.change_text(),
+    rows = [[v.config, v.metric, v.statistic, fmt_cell(v.old, v.unit), fmt_cell(v.new, v.unit), v.change_text(),
              v.allowed_text() or "-", v.verdict_text()] for v in verdicts]
     if any((v.runs_old, v.runs_new) != (1, 1) for v in verdicts):  # several runs: say how many were judged
         header.insert(3, "runs")
@@ -376,28 +305,24 @@ def summary_lines(verdicts: list[GateVerdict], specs: list[GateSpec], old_root: 
     return lines
 
 
-def _measurement(test: dict[str, Any] | None) -> dict[str, Any]:
-    return (test or {}).get("measurement") or {}
-
-
-def _tests(test: Tests) -> list[dict[str, Any]]:
+def _tests(test: Tests) -> list[TestResult]:
     """One side's stored tests, one per run that holds the test."""
     return [t for t in (test if isinstance(test, (list, tuple)) else [test]) if t is not None]
 
 
-def _measurements(test: Tests) -> list[dict[str, Any]]:
-    return [_measurement(t) for t in _tests(test)]
+def _measurements(test: Tests) -> list[Measurement]:
+    return [t.measurement for t in _tests(test) if t.measurement is not None]
 
 
-def _run_samples(runs: list[dict[str, Any]], name: str, non_empty: bool = False) -> list[list[float]] | None:
+def _run_samples(runs: list[Measurement], name: str, non_empty: bool = False) -> list[list[float]] | None:
     """The raw samples of `name` of every run that stored them (None when no run did)."""
     found = [values for values in (_samples(m, name) for m in runs) if values is not None and (values or not non_empty)]
     return found or None
 
 
-def _stored_value(runs: list[dict[str, Any]], name: str) -> float | None:
+def _stored_value(runs: list[Measurement], name: str) -> float | None:
     """The stored value of one run; the geometric mean over several (None when a run lacks a positive one)."""
-    values = [((m.get("metrics") or {}).get(name) or {}).get("value") for m in runs]
+    values = [m.metrics[name].value if name in m.metrics else None for m in runs]
     if len(values) == 1:
         return values[0]
     if not values or any(not isinstance(v, (int, float)) or v <= 0 for v in values):
@@ -409,19 +334,14 @@ def _stores(runs: Runs) -> list[ResultsStore]:
     return [runs] if isinstance(runs, ResultsStore) else list(runs)
 
 
-def _samples(measurement: dict[str, Any], name: str) -> list[float] | None:
-    values = (measurement.get("samples") or {}).get(name)
+def _samples(measurement: Measurement, name: str) -> list[float] | None:
+    values = measurement.samples.get(name)
     return None if values is None else [float(v) for v in values]
 
 
-def _is_headline_sample(test: dict[str, Any] | None, name: str) -> bool:
-    metric = (_measurement(test).get("metrics") or {}).get(name) or {}
-    return bool(metric.get("headline")) and metric.get("kind") == "sample"
-
-
-def _cell(value: float | None, unit: str = "") -> str:
-    """A number with the report's precision and its unit, '-' when absent."""
-    return "-" if value is None else f"{fmt_number(value)} {unit}".strip()
+def _is_headline_sample(test: TestResult, name: str) -> bool:
+    metric = test.metric(name)
+    return metric is not None and metric.headline and metric.kind == "sample"
 
 
 # ---- pytest glue (plugin.py calls these) -------------------------------------------------------
@@ -438,28 +358,20 @@ class RegressionGate:
         """The compared run directories, as the messages name them."""
         return runs_label([store.root for store in self.olds])
 
-    def check(self, new: ResultsStore, config: str, test_key: str) -> list[GateVerdict]:
-        """Judge one test just stored in NEW against the OLD runs' same config/test; store the verdicts."""
-        new_data = new.load_config(config) or {}
-        new_test = (new_data.get("tests") or {}).get(test_key)
-        if new_test is None:
-            return []
-        old_tests = [((old.load_config(config) or {}).get("tests") or {}).get(test_key) for old in self.olds]
+    def check(self, new_test: TestResult, config: str, test_key: str) -> list[GateVerdict]:
+        """Judge one test just measured against the OLD runs' same config/test; the verdicts go on its record."""
+        old_tests = [(lambda r: r.tests.get(test_key) if r else None)(old.load_config(config)) for old in self.olds]
         verdicts = judge_test(config, test_key, old_tests, new_test, self.specs)
         if verdicts:
-            new.record_test(config, test_key, {"regression_gate": {
-                "compared_with": self.label, "verdicts": [v.to_dict() for v in verdicts]}})
+            new_test.regression_gate = GateRecord(compared_with=self.label, verdicts=verdicts)
         return verdicts
 
-    def manifest_entry(self, new: ResultsStore) -> dict[str, Any]:
+    def manifest_entry(self, new: ResultsStore) -> GateRecord:
         """What the run manifest keeps of the comparison (the reports show it)."""
         verdicts = compare_runs(self.olds, new, self.specs)
-        return {"compared_with": self.label, "compared_runs": [str(old.root) for old in self.olds],
-                "specs": [s.text for s in self.specs], "failed": sum(v.failed for v in verdicts),
-                "verdicts": [v.to_dict() for v in verdicts]}
-
-
-GATE_KEY = pytest.StashKey[RegressionGate]()
+        return GateRecord(compared_with=self.label, compared_runs=[str(old.root) for old in self.olds],
+                          specs=[s.text for s in self.specs], failed=sum(v.failed for v in verdicts),
+                          verdicts=verdicts)
 
 
 def run_dirs(values: Iterable[str] | str | None) -> list[str]:
@@ -468,42 +380,3 @@ def run_dirs(values: Iterable[str] | str | None) -> list[str]:
         return [part for part in re.split(r"[\s,]+", values) if part]
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
-
-def configure_gate(config: pytest.Config) -> None:
-    """Read --vllm-compare / --vllm-compare-fail; mistakes are UsageErrors."""
-    dirs = run_dirs(config.getoption("vllm_compare", None))
-    raw_specs = config.getoption("vllm_compare_fail", None)
-    try:
-        specs = parse_specs(raw_specs)
-        if specs and not dirs:
-            raise GateError("--vllm-compare-fail needs --vllm-compare RUN_DIR (the stored run to compare with)")
-        if dirs:
-            config.stash[GATE_KEY] = RegressionGate(open_runs(dirs, "--vllm-compare"), specs)
-    except GateError as exc:
-        raise pytest.UsageError(str(exc)) from None
-
-
-def check_regression(config: pytest.Config, store: ResultsStore | None, cfg_name: str, test_key: str) -> None:
-    """Fail the running test when its stored measurement regressed against the compared run(s)."""
-    gate = config.stash.get(GATE_KEY, None)
-    if gate is None or store is None:
-        return
-    failed = [v for v in gate.check(store, cfg_name, test_key) if v.failed]
-    if failed:
-        pytest.fail(f"regression vs {gate.label}: " + "; ".join(v.message() for v in failed), pytrace=False)
-
-
-def record_run(config: pytest.Config, store: ResultsStore) -> None:
-    """Keep the whole comparison in the run manifest (the reports and the terminal summary show it)."""
-    gate = config.stash.get(GATE_KEY, None)
-    if gate is not None:
-        store.update_manifest(regression_gate=gate.manifest_entry(store))
-
-
-def terminal_lines(config: pytest.Config, store: ResultsStore | None) -> list[tuple[str, bool]]:
-    """The comparison table for the terminal summary ([] without --vllm-compare)."""
-    gate = config.stash.get(GATE_KEY, None)
-    if gate is None or store is None:
-        return []
-    entry = store.manifest().get("regression_gate") or gate.manifest_entry(store)
-    return summary_lines([GateVerdict(**v) for v in entry["verdicts"]], gate.specs, gate.label)

@@ -10,20 +10,14 @@ import math
 import re
 import sys
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# The seeds' short names (seed 001) for the parameters their grid varies.
-PARAM_ALIASES = {
-    "gpu_memory": "gpu_memory_utilization",
-    "prefix_caching": "enable_prefix_caching",
-    "chunked_prefill": "enable_chunked_prefill",
-}
+from pytest_vllmgrid.vllm_argv import canonical_param, params_to_args, scalar_arg, vllm_flags
+
 # vLLM options a deployer owns: setting them per config would break the deployment.
 DEPLOYER_OWNED = {
     "model": "the grid's `model` key",
@@ -33,6 +27,7 @@ DEPLOYER_OWNED = {
     "api_key": "the grid's `api_key_env` key (the key is passed through the environment, never argv)",
 }
 TINY_MODEL = "@tiny"
+BUILTIN_DEPLOYERS = ("process", "compose", "endpoint")  # deploy/builtin.py; more through the plugin's hook
 MAX_DOCUMENT_VALUES = 100_000  # values in a grid/thresholds file once YAML aliases are expanded
 MAX_MATRIX_CONFIGS = 10_000
 _PLAIN_TYPES = (str, int, float, bool, type(None))
@@ -48,31 +43,6 @@ class GridError(Exception):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"invalid grid file {self.path}:\n{lines}")
-
-
-@lru_cache(maxsize=1)
-def vllm_flags() -> dict[str, dict[str, Any]]:
-    """Known `vllm serve` options (dest -> option, aliases, negatable, takes_value, choices)."""
-    text = resources.files("pytest_vllmgrid").joinpath("data/vllm_flags.json").read_text()
-    return json.loads(text)["flags"]
-
-
-@lru_cache(maxsize=1)
-def _flag_aliases() -> dict[str, str]:
-    """Every accepted spelling of a vLLM option -> its dest."""
-    names = {dest: dest for dest in vllm_flags()}
-    for dest, spec in vllm_flags().items():
-        for alias in spec.get("aliases") or []:
-            names.setdefault(alias, dest)
-    for short, dest in PARAM_ALIASES.items():
-        names[short] = dest
-    return names
-
-
-def canonical_param(name: str) -> str | None:
-    """The vLLM dest a grid key names (`max-num-seqs`, `prefix_caching` ...), or None if unknown."""
-    key = name.strip().lstrip("-").replace("-", "_")
-    return _flag_aliases().get(key)
 
 
 def suggest(name: str, choices: list[str]) -> str:
@@ -144,7 +114,7 @@ class GridFile(_Strict):
     description: str = ""
     model: str = TINY_MODEL
     served_model_name: str | None = None
-    deployer: Literal["process", "compose", "endpoint"] = "process"
+    deployer: str = Field("process", description="deployer kind; load_grid checks it against the allowed kinds")
     vllm_command: list[str] | None = Field(None, description="argv prefix up to `serve`; {python} = this "
                                            "interpreter, {grid_dir} = the grid file's folder")
     host: str = "127.0.0.1"
@@ -259,44 +229,12 @@ class Grid:
         return [c.name for c in self.configs]
 
 
-def params_to_args(params: dict[str, Any]) -> list[str]:
-    """Map {dest: value} to vLLM argv: None -> nothing, bools -> --x / --no-x, dicts -> one JSON element."""
-    flags = vllm_flags()
-    args: list[str] = []
-    for dest, value in params.items():
-        spec = flags.get(dest, {"option": "--" + dest.replace("_", "-"), "negatable": True, "takes_value": True})
-        option = spec["option"]
-        if value is None:
-            continue
-        if isinstance(value, bool) and not spec.get("takes_value", True):
-            if value:
-                args.append(option)
-            elif spec.get("negatable"):
-                args.append("--no-" + option[2:])
-            continue
-        if isinstance(value, bool):
-            args += [option, "true" if value else "false"]
-        elif isinstance(value, dict):
-            args += [option, json.dumps(value, separators=(",", ":"), sort_keys=True)]
-        elif isinstance(value, list):
-            args += [option, *[_scalar(v) for v in value]]
-        else:
-            args += [option, _scalar(value)]
-    return args
-
-
-def _scalar(value: Any) -> str:
-    """One argv element for a scalar (JSON for nested structures)."""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def load_grid(path: str | Path, *, model: str | None = None, baseline: str | None = None,
-              deployer: str | None = None) -> Grid:
-    """Read, validate and resolve a grid file; raise GridError naming every problem."""
+              deployer: str | None = None, deployer_kinds: tuple[str, ...] | list[str] | None = None) -> Grid:
+    """Read, validate and resolve a grid file; raise GridError naming every problem.
+
+    `deployer_kinds`: the kinds `deployer:` (or the `deployer` override, i.e. --vllm-deployer) may name;
+    default the built-in ones (the plugin passes those of its hook `pytest_vllmgrid_deployer_kinds` too)."""
     path = Path(path)
     raw = _read_structured(path)
     problems = document_problems(raw)
@@ -306,11 +244,14 @@ def load_grid(path: str | Path, *, model: str | None = None, baseline: str | Non
     if not isinstance(raw, dict):
         raise GridError(path, [f"top level must be a mapping with a `configs` list, got {type(raw).__name__}"])
     raw = {**raw, **overrides}
+    problems: list[str] = _deployer_problems(raw.get("deployer", "process"), deployer_kinds, bool(deployer))
     try:
         spec = GridFile.model_validate(raw)
     except ValidationError as exc:
-        raise GridError(path, _explain(exc, raw)) from None
-    problems: list[str] = []
+        raise GridError(path, problems + [p for p in _explain(exc, raw)
+                                      if not (problems and p.startswith("grid field 'deployer'"))]) from None
+    if problems:
+        raise GridError(path, problems)
     entries = [(entry.name, entry) for entry in spec.configs]
     if spec.matrix is not None:
         entries += _expand_matrix(spec.matrix, problems)
@@ -356,6 +297,16 @@ def load_grid(path: str | Path, *, model: str | None = None, baseline: str | Non
         configs=tuple(ordered), baseline=baseline_name, spec=spec,
         file_hash=hashlib.sha256(path.read_bytes()).hexdigest()[:16],
     )
+
+
+def _deployer_problems(kind: Any, kinds: tuple[str, ...] | list[str] | None, overridden: bool) -> list[str]:
+    """A one-line problem when `kind` is not an allowed deployer kind, listing the allowed ones."""
+    allowed = list(kinds or BUILTIN_DEPLOYERS)
+    if isinstance(kind, str) and kind in allowed:
+        return []
+    where = "--vllm-deployer" if overridden else "grid field 'deployer'"
+    hint = suggest(kind, allowed) if isinstance(kind, str) else ""
+    return [f"{where} = {_short(kind)}: unknown deployer; allowed: {', '.join(allowed)}{hint}"]
 
 
 def order_configs(configs: list[ServerConfig], baseline: str, phases: list[str] | None = None) -> list[ServerConfig]:
@@ -516,13 +467,13 @@ def _matrix_name(template: str | None, values: dict[str, Any], problems: list[st
     """A config name for one matrix combination (template or key-value join), made safe."""
     if template:
         try:
-            raw = template.format(**{k: _scalar(v) for k, v in values.items()})
+            raw = template.format(**{k: scalar_arg(v) for k, v in values.items()})
         except (KeyError, IndexError, ValueError) as exc:
             problems.append(f"matrix.name {template!r}: cannot format ({exc}); allowed placeholders: "
                             f"{', '.join('{' + k + '}' for k in values)}")
             return None
     else:
-        raw = "_".join(f"{k}-{_scalar(v)}" for k, v in values.items())
+        raw = "_".join(f"{k}-{scalar_arg(v)}" for k, v in values.items())
     return re.sub(r"[^A-Za-z0-9_.\-]+", "-", raw).strip("-") or "matrix"
 
 

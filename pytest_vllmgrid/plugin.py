@@ -10,8 +10,8 @@ import pytest
 from pytest_vllmgrid import gate
 from pytest_vllmgrid.load import interrupt_running_loop
 from pytest_vllmgrid.progress import config_of_nodeid
-from pytest_vllmgrid.results import result_key
-from pytest_vllmgrid.session import INTERRUPTED, STASH_KEY, STOP_REASON, GridSession
+from pytest_vllmgrid.results import ResultsStore, result_key
+from pytest_vllmgrid.session import STASH_KEY, GridSession, item_config
 
 pytest_plugins = ["pytest_vllmgrid.fixtures"]
 
@@ -23,8 +23,8 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
      "where results and reports go (default results/<timestamp>/ under the rootdir)", {}),
     (["--vllm-model"], "vllm_model", "override the grid's model (path or id)", {}),
     (["--vllm-baseline"], "vllm_baseline", "override the grid's baseline config name", {}),
-    (["--vllm-deployer"], "vllm_deployer", "override the grid's deployer: process, compose or endpoint",
-     {"choices": ["process", "compose", "endpoint"]}),
+    (["--vllm-deployer"], "vllm_deployer", "override the grid's deployer: process, compose, endpoint or a kind "
+     "of a plugin's pytest_vllmgrid_deployer_kinds hook", {}),
     (["--vllm-startup-timeout"], "vllm_startup_timeout", "seconds to wait for a server to be ready "
      "(default: the grid's startup_timeout_s, 600)", {"type": float}),
     (["--vllm-api-key-env"], "vllm_api_key_env", "name of the environment variable holding the API key", {}),
@@ -68,6 +68,16 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
 ]
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """The extension hooks of hookspec.py (deployer kinds, report sections and columns)."""
+    from pytest_vllmgrid import hookspec
+    from pytest_vllmgrid.deploy import builtin
+
+    pluginmanager.add_hookspecs(hookspec)
+    if not pluginmanager.is_registered(builtin):
+        pluginmanager.register(builtin, "vllmgrid-builtin-deployers")  # process / compose / endpoint
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     """One group, one prefix; every option also an ini key of the same name."""
     group = parser.getgroup("vllmgrid", "vLLM grid benchmarks (pytest-vllmgrid)")
@@ -90,25 +100,18 @@ def _getopt(config: pytest.Config, dest: str):
     return value
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """Forget this run's session (pytester runs several in one process)."""
-    gs = config.stash.get(STASH_KEY, None)
-    if gs in _PROGRESS_SESSIONS:
-        _PROGRESS_SESSIONS.remove(gs)
-
-
 def pytest_configure(config: pytest.Config) -> None:
     """Create the run's session object and turn SIGTERM into a clean interrupt."""
     config.addinivalue_line("markers", "vllm_benchmark(name): a benchmark measured against each grid config")
     for _, dest, _, _ in _OPTIONS:  # fold ini values into the option namespace: one lookup everywhere
         setattr(config.option, dest, _getopt(config, dest))
-    config.stash[STASH_KEY] = GridSession(config)
-    gate.configure_gate(config)
+    gs = config.stash[STASH_KEY] = GridSession(config)
+    configure_gate(config)
     if config.getoption("htmlpath", None):
-        from pytest_vllmgrid.report.html import PytestHtmlSections
+        from pytest_vllmgrid.html_hooks import PytestHtmlSections
 
         config.pluginmanager.register(PytestHtmlSections(config), "vllmgrid-html")
-    _PROGRESS_SESSIONS.append(config.stash[STASH_KEY])
+    config.pluginmanager.register(ProgressHooks(gs), "vllmgrid-progress")  # this run's own: pytester runs several
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
 
@@ -139,12 +142,26 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize `vllm_config` by the grid, session-scoped, ids = config names."""
+    """Parametrize `vllm_config` by the grid, session-scoped, ids = config names; and a grid test's `concurrency`
+    argument (unless a parametrize mark gives it) by the benchmark settings' `concurrency` levels, ids = levels."""
     if "vllm_config" not in metafunc.fixturenames:
         return
-    grid = metafunc.config.stash[STASH_KEY].load()
+    gs = metafunc.config.stash[STASH_KEY]
+    if "concurrency" in metafunc.fixturenames and not _parametrized_by_mark(metafunc, "concurrency"):
+        levels = gs.bench_settings().concurrency
+        metafunc.parametrize("concurrency", levels, ids=[str(level) for level in levels])
+    grid = gs.load()
     metafunc.parametrize("vllm_config", list(grid.configs), ids=[c.name for c in grid.configs],
                          scope="session", indirect=True)
+
+
+def _parametrized_by_mark(metafunc: pytest.Metafunc, argname: str) -> bool:
+    """A @pytest.mark.parametrize of the test (or its class/module) names `argname`."""
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0] if mark.args else mark.kwargs.get("argnames", "")
+        if argname in ([n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)):
+            return True
+    return False
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -185,7 +202,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gs = session.config.stash[STASH_KEY]
     if gs.grid is None or gs.is_worker:
         return
-    selected = [item for item in session.items if _item_config(item) is not None]
+    selected = [item for item in session.items if item_config(item) is not None]
     if selected and not session.config.option.collectonly and not session.config.getoption("vllm_dry_run"):
         gs.get_deployer()  # a failing preflight is a UsageError here, before anything starts
     gs.start_progress([item.nodeid for item in session.items])
@@ -199,31 +216,25 @@ def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
         gs.start_progress(list(ids))
 
 
-def pytest_runtest_logstart(nodeid: str, location) -> None:
-    """A test starts: the first of a config means its server is being deployed."""
-    gs = _session_of_progress()
-    if gs is not None:
-        gs.progress.test_started(nodeid)
+class ProgressHooks:
+    """The live progress lines' hooks, registered per run by pytest_configure (their hooks get no config)."""
 
+    def __init__(self, gs: GridSession) -> None:
+        self.gs = gs
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Progress: ready time, each benchmark's mark, the config's end and the ETA."""
-    gs = _session_of_progress()
-    if gs is None:
-        return
-    props = dict(report.user_properties)
-    outcome = "error" if report.when == "setup" and report.failed else report.outcome
-    gs.progress.test_finished(report.nodeid, report.when, outcome, props.get("vllmgrid_deploy"),
-                              props.get("vllmgrid_headline"))
+    def pytest_runtest_logstart(self, nodeid: str, location) -> None:
+        """A test starts: the first of a config means its server is being deployed."""
+        if self.gs.progress is not None:
+            self.gs.progress.test_started(nodeid)
 
-
-_PROGRESS_SESSIONS: list = []
-
-
-def _session_of_progress():
-    """The GridSession whose progress is being shown in this process, if any."""
-    gs = _PROGRESS_SESSIONS[-1] if _PROGRESS_SESSIONS else None
-    return gs if gs is not None and gs.progress is not None else None
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Progress: ready time, each benchmark's mark, the config's end and the ETA."""
+        if self.gs.progress is None:
+            return
+        props = dict(report.user_properties)
+        outcome = "error" if report.when == "setup" and report.failed else report.outcome
+        self.gs.progress.test_finished(report.nodeid, report.when, outcome, props.get("vllmgrid_deploy"),
+                                       props.get("vllmgrid_headline"))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -235,9 +246,9 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     gs = config.stash[STASH_KEY]
     if gs.grid is None:
         return True
-    names = {c.name for item in session.items if (c := _item_config(item)) is not None}
+    names = {c.name for item in session.items if (c := item_config(item)) is not None}
     for line in gs.dry_run_lines(names, tests=len(session.items)):
-        gs._terminal_line(line)
+        gs.terminal_line(line)
     return True
 
 
@@ -250,31 +261,25 @@ def _deselect_completed(config: pytest.Config, gs, items: list[pytest.Item]) -> 
         return
     kept, dropped = [], []
     for item in items:
-        cfg = _item_config(item)
+        cfg = item_config(item)
         (dropped if cfg is not None and cfg.name in skip_names else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
-        gs._terminal_line(f"vllmgrid: resume: {len(skip_names)} config(s) already complete: "
-                          f"{', '.join(sorted(skip_names))}")
+        gs.terminal_line(f"vllmgrid: resume: {len(skip_names)} config(s) already complete: "
+                         f"{', '.join(sorted(skip_names))}")
         if not kept:
-            config.stash[NOTHING_LEFT] = True
-            gs._terminal_line("vllmgrid: resume: nothing left to run; the run is complete (reports rewritten)")
-
-
-def _item_config(item: pytest.Item):
-    """The grid config an item runs against, or None."""
-    callspec = getattr(item, "callspec", None)
-    return callspec.params.get("vllm_config") if callspec else None
+            gs.nothing_left = True
+            gs.terminal_line("vllmgrid: resume: nothing left to run; the run is complete (reports rewritten)")
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     """After a benchmark passed, fail it when --vllm-compare finds a significant regression."""
     result = yield
-    cfg = _item_config(item)
+    cfg = item_config(item)
     if cfg is not None:
-        gate.check_regression(item.config, item.config.stash[STASH_KEY].store, cfg.name, result_key(item))
+        check_regression(item.config, cfg.name, result_key(item))
     return result
 
 
@@ -283,7 +288,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """Store each benchmark's outcome with its config; stop the run if the baseline failed."""
     outcome = yield
     report = outcome.get_result()
-    cfg = _item_config(item)
+    cfg = item_config(item)
     if cfg is None:
         return
     gs = item.config.stash[STASH_KEY]
@@ -297,9 +302,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
                                                  ("failed" if report.when == "call" else "error"))
         message = None if report.passed else _one_line(report)
         gs.record_outcome(cfg.name, result_key(item), status, message, report.duration)
-    reason = item.config.stash.get(STOP_REASON, None)
-    if reason:
-        item.session.shouldstop = reason
+    if gs.stop_reason:
+        item.session.shouldstop = gs.stop_reason
 
 
 def _one_line(report: pytest.TestReport) -> str:
@@ -318,34 +322,29 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     gs = config.stash[STASH_KEY]
     if exitstatus == pytest.ExitCode.INTERRUPTED:
-        config.stash[INTERRUPTED] = True
+        gs.interrupted = True
     gs.teardown_all()
     if gs.is_worker:
         return
-    if gs.store is None and gs._results_path is not None and any(gs._results_path.glob("*.json")):
-        gs.load()
-        gs.results_root()  # xdist controller: the workers filled it
+    gs.open_filled_results()  # xdist controller: the workers filled it
     if gs.grid is None or gs.store is None:
         return
-    status = "interrupted" if config.stash.get(INTERRUPTED, False) else (
-        "failed" if config.stash.get(STOP_REASON, None) else "complete")
-    gs.write_manifest(status)
-    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and config.stash.get(NOTHING_LEFT, False):
+    gs.write_manifest(gs.run_status())
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and gs.nothing_left:
         session.exitstatus = pytest.ExitCode.OK  # resuming a finished run succeeds (a CI retry), not "no tests"
-    gate.record_run(config, gs.store)
+    record_run(config, gs.store)
     from pytest_vllmgrid.report import write_reports
 
-    config.stash[REPORT_PATHS] = write_reports(gs.store, gs.grid)
-
-
-REPORT_PATHS = pytest.StashKey[dict]()
-NOTHING_LEFT = pytest.StashKey[bool]()  # --resume found every selected config complete
+    results = gs.store.all_configs()  # hooks' results go in as plain data: the report package knows no pytest
+    gs.report_paths = write_reports(
+        gs.store, gs.grid, sections=config.hook.pytest_vllmgrid_report_sections(results=results, grid=gs.grid),
+        columns=config.hook.pytest_vllmgrid_report_columns(results=results, grid=gs.grid))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     """The ranked table and where each report file is."""
     gs = config.stash[STASH_KEY]
-    paths = config.stash.get(REPORT_PATHS, None)
+    paths = gs.report_paths
     if not paths or gs.store is None:
         return
     from pytest_vllmgrid.report import terminal_table
@@ -353,10 +352,55 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.section("vllmgrid")
     for line in terminal_table(gs.store, gs.grid):
         terminalreporter.write_line(line)
-    reason = config.stash.get(STOP_REASON, None)
-    if reason:
-        terminalreporter.write_line(f"run stopped: {reason}", red=True)
+    if gs.stop_reason:
+        terminalreporter.write_line(f"run stopped: {gs.stop_reason}", red=True)
     for kind, path in paths.items():
         terminalreporter.write_line(f"{kind} report: {Path(path)}")
-    for line, bad in gate.terminal_lines(config, gs.store):
+    for line, bad in terminal_lines(config, gs.store):
         terminalreporter.write_line(line, red=bad)
+
+
+# ---- regression gate glue (--vllm-compare; the judging is gate.py's) -------------------------------
+
+def configure_gate(config: pytest.Config) -> None:
+    """Read --vllm-compare / --vllm-compare-fail into the run's regression gate; mistakes are UsageErrors."""
+    dirs = gate.run_dirs(config.getoption("vllm_compare", None))
+    raw_specs = config.getoption("vllm_compare_fail", None)
+    try:
+        specs = gate.parse_specs(raw_specs)
+        if specs and not dirs:
+            raise gate.GateError("--vllm-compare-fail needs --vllm-compare RUN_DIR (the stored run to compare with)")
+        if dirs:
+            config.stash[STASH_KEY].regression_gate = gate.RegressionGate(gate.open_runs(dirs, "--vllm-compare"),
+                                                                          specs)
+    except gate.GateError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def check_regression(config: pytest.Config, cfg_name: str, test_key: str) -> None:
+    """Fail the running test when its stored measurement regressed against the compared run(s)."""
+    gs = config.stash[STASH_KEY]
+    test = gs.pending_test(cfg_name, test_key)
+    if gs.regression_gate is None or test is None:
+        return
+    failed = [v for v in gs.regression_gate.check(test, cfg_name, test_key) if v.failed]
+    if failed:
+        pytest.fail(f"regression vs {gs.regression_gate.label}: " + "; ".join(v.message() for v in failed),
+                    pytrace=False)
+
+
+def record_run(config: pytest.Config, store: ResultsStore) -> None:
+    """Keep the whole comparison in the run manifest (the reports and the terminal summary show it)."""
+    regression_gate = config.stash[STASH_KEY].regression_gate
+    if regression_gate is not None:
+        store.update_manifest(regression_gate=regression_gate.manifest_entry(store).model_dump(mode="json"))
+
+
+def terminal_lines(config: pytest.Config, store: ResultsStore | None) -> list[tuple[str, bool]]:
+    """The comparison table for the terminal summary ([] without --vllm-compare)."""
+    regression_gate = config.stash[STASH_KEY].regression_gate
+    if regression_gate is None or store is None:
+        return []
+    entry = store.manifest().regression_gate or regression_gate.manifest_entry(store)
+    return gate.summary_lines(entry.verdicts, regression_gate.specs,
+                              regression_gate.label)

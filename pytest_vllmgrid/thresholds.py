@@ -6,13 +6,14 @@ import fnmatch
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
+
+from pydantic import JsonValue
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pytest_vllmgrid.grid import document_problems, parse_yaml, suggest
-from pytest_vllmgrid.measurement import point_of
 
 # Metrics the shipped benchmarks produce: test -> metric names (threshold keys are "test.metric").
 METRICS: dict[str, list[str]] = {
@@ -49,11 +50,11 @@ class Bound(BaseModel):
     max_vs_baseline_pct: float | None = Field(None, description="value <= baseline * (1 + pct/100)")
     min_vs_baseline_pct: float | None = Field(None, description="value >= baseline * (1 + pct/100)")
     configs: list[str] = Field(default_factory=lambda: ["*"], description="config name globs it applies to")
-    when: dict[str, Any] = Field(default_factory=dict, description="only configs whose vLLM params equal these")
+    when: dict[str, JsonValue] = Field(default_factory=dict, description="only configs whose vLLM params equal these")
     skip_baseline: bool = True
     description: str = ""
 
-    def applies_to(self, config: str, params: dict[str, Any]) -> bool:
+    def applies_to(self, config: str, params: dict[str, JsonValue]) -> bool:
         """True for a config matching a name glob and every `when` parameter."""
         from pytest_vllmgrid.grid import canonical_param
 
@@ -90,30 +91,13 @@ class ThresholdsFile(BaseModel):
 
 
 @dataclass
-class Verdict:
-    """One bound judged on one config."""
-
-    metric: str
-    config: str
-    passed: bool | None  # None = could not be judged (missing value or baseline)
-    message: str
-    value: float | None = None
-    bound: float | None = None
-    baseline_value: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return self.__dict__.copy()
-
-
-@dataclass
 class Thresholds:
     """A loaded thresholds file."""
 
     path: Path | None
     spec: ThresholdsFile
 
-    def for_test(self, test_key: str, config: str, params: dict[str, Any] | None = None) -> dict[str, Bound]:
+    def for_test(self, test_key: str, config: str, params: dict[str, JsonValue] | None = None) -> dict[str, Bound]:
         """Bounds on metrics of this test (key with or without its [params]) that apply to this config."""
         base = test_key.split("[", 1)[0]
         out = {}
@@ -151,13 +135,13 @@ def load_thresholds(path: str | Path | None) -> Thresholds:
             loc = ".".join(str(p) for p in err["loc"])
             lines.append(f"field {loc!r} = {_short(err.get('input'))}: {err['msg']}")
         raise ThresholdError(f"thresholds file {path}:\n  - " + "\n  - ".join(lines)) from None
-    problems = [p for key in list(spec.thresholds) + list(spec.goal) if (p := _unknown_metric(key))]
+    problems = [p for key in list(spec.thresholds) + list(spec.goal) if (p := unknown_metric(key))]
     if problems:
         raise ThresholdError(f"thresholds file {path}:\n  - " + "\n  - ".join(problems))
     return Thresholds(path, spec)
 
 
-def _unknown_metric(key: str) -> str | None:
+def unknown_metric(key: str) -> str | None:
     """Why a `test.metric` key names nothing the benchmarks produce, or None."""
     if "." not in key:
         return f"metric {key!r}: expected TEST.METRIC, e.g. kv_cache.acceleration"
@@ -171,64 +155,6 @@ def _unknown_metric(key: str) -> str | None:
     return None
 
 
-def judge(metric_name: str, bound: Bound, metric: dict[str, Any] | None, baseline_metric: dict[str, Any] | None,
-          config: str, is_baseline: bool) -> list[Verdict]:
-    """Every bound of one metric judged on one config's value (and the baseline's, for relative bounds)."""
-    stat = bound.stat or ("p50" if (metric or {}).get("kind") == "sample" else "value")
-    value = _stat(metric, stat)
-    unit = (metric or {}).get("unit", "")
-    label = f"{metric_name} {stat}"
-    shown = _show(value, metric, stat, unit)
-    verdicts = []
-    for kind, limit in (("min", bound.min), ("max", bound.max)):
-        if limit is None:
-            continue
-        if value is None:
-            verdicts.append(Verdict(metric_name, config, None, f"{label}: no value measured (bound {kind} {limit})"))
-            continue
-        ok = value >= limit if kind == "min" else value <= limit
-        verdicts.append(Verdict(metric_name, config, ok, f"{label} = {shown} {'>=' if kind == 'min' else '<='} "
-                                f"{limit:g} {unit} required: {'ok' if ok else 'FAILED'}", value, limit))
-    for kind, pct in (("max", bound.max_vs_baseline_pct), ("min", bound.min_vs_baseline_pct)):
-        if pct is None or (is_baseline and bound.skip_baseline):
-            continue
-        base = _stat(baseline_metric, stat)
-        if value is None or base is None:
-            verdicts.append(Verdict(metric_name, config, None, f"{label}: cannot judge vs baseline "
-                                    f"(value {shown}, baseline {'missing' if base is None else _fmt(base)})"))
-            continue
-        limit = base * (1 + pct / 100)
-        ok = value <= limit if kind == "max" else value >= limit
-        verdicts.append(Verdict(
-            metric_name, config, ok,
-            f"{label} = {shown} {'<=' if kind == 'max' else '>='} {_fmt(limit)} {unit} required "
-            f"(baseline {_fmt(base)} {unit} {pct:+g}%): {'ok' if ok else 'FAILED'}", value, limit, base))
-    return verdicts
-
-
-def _stat(metric: dict[str, Any] | None, stat: str) -> float | None:
-    """A statistic of a stored metric (value for derived numbers)."""
-    if not metric:
-        return None
-    if stat == "value" or metric.get("kind") != "sample":
-        return point_of(metric, "p50") if stat == "value" else metric.get(stat, point_of(metric))
-    return metric.get(stat)
-
-
-def _show(value: float | None, metric: dict[str, Any] | None, stat: str, unit: str) -> str:
-    """The value with its 95% CI when the statistic has one."""
-    if value is None:
-        return "n/a"
-    text = f"{_fmt(value)} {unit}".strip()
-    if metric and stat in ("p50", "value") and metric.get("ci_low") is not None:
-        text += f" [95% CI {_fmt(metric['ci_low'])}–{_fmt(metric['ci_high'])}]"
-    return text
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-
-
-def _short(value: Any) -> str:
+def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) < 80 else text[:77] + "..."

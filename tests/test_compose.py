@@ -42,17 +42,17 @@ from pytest_vllmgrid.deploy.compose import (
     container_base_url,
     death_reason_of,
     docker_client,
-    merge_command,
-    option_value,
     owner_is_gone,
     owner_label,
     project_name_for,
     read_env_file,
     redact,
+    referenced_variables,
     render_override,
 )
 from pytest_vllmgrid.deploy.options import DeployOptions
 from pytest_vllmgrid.grid import Grid, ServerConfig, load_grid
+from pytest_vllmgrid.vllm_argv import merge_command, option_value
 
 REPO = Path(__file__).resolve().parent.parent
 MEDIUM = REPO / "configs" / "compose" / "medium.yml"
@@ -218,6 +218,26 @@ def test_api_key_is_read_from_the_env_file(tmp_path: Path, monkeypatch: pytest.M
     assert read_env_file(env_file) == {"VLLM_API_KEY": "from-env-file"}
 
 
+def test_env_file_is_read_as_compose_reads_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLMGRID_TEST_HOST", "from-environment")
+    monkeypatch.delenv("VLLMGRID_TEST_UNSET", raising=False)
+    env_file = tmp_path / "vllm.env"
+    env_file.write_text("\n".join([
+        "# comment", "", "PLAIN=value # inline comment", 'DOUBLE="two words"', "SINGLE='a \"b\" # c'",
+        "export EXPORTED=yes", "FROM_FILE=${PLAIN}-x", "FROM_ENV=${VLLMGRID_TEST_HOST}",
+        "DEFAULTED=${VLLMGRID_TEST_UNSET:-fallback}", "NAME_ONLY", "EMPTY=", ""]))
+    assert read_env_file(env_file) == {
+        "PLAIN": "value", "DOUBLE": "two words", "SINGLE": 'a "b" # c', "EXPORTED": "yes",
+        "FROM_FILE": "value-x", "FROM_ENV": "from-environment", "DEFAULTED": "fallback", "EMPTY": ""}
+
+
+def test_referenced_variables_name_each_reference_and_whether_it_has_a_default() -> None:
+    assert referenced_variables("${A} $B ${C:-x} ${D-y} ${E:?needed} $$F ${G?}") == [
+        ("A", False), ("B", False), ("C", True), ("D", True), ("E", False), ("G", False)]
+    assert referenced_variables(["--api-key", "${KEY}", 8000]) == [("KEY", False)]
+    assert referenced_variables("no references") == []
+
+
 def test_redact_replaces_every_secret() -> None:
     assert redact("key=abcd1234 again abcd1234", {"abcd1234"}) == f"key={REDACTED} again {REDACTED}"
 
@@ -238,6 +258,28 @@ def test_plan_shows_the_compose_command_and_override_without_docker(tmp_path: Pa
     assert plan["compose"][-3:] == ["up", "-d", SERVICE] and "-p" in plan["compose"]
     assert option_value(plan["command"], "max_num_seqs") == "4"
     assert "max-num-seqs" in plan["override"]
+
+
+def test_the_port_is_read_from_the_command_compose_ran_not_the_files_reference(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLMGRID_TEST_PORT", raising=False)
+    (tmp_path / ".env").write_text("VLLMGRID_TEST_PORT=8123\n")  # compose reads it: the container runs 8123
+    compose_file = tmp_path / "c.yml"
+    compose_file.write_text(yaml.safe_dump({"services": {SERVICE: {
+        "image": "x", "command": ["--served-model-name", "m", "--port", "${VLLMGRID_TEST_PORT:-8000}"]}}}))
+    grid, deployer = compose_grid(tmp_path, {"file": str(compose_file), "service": SERVICE}, [{"name": "c"}])
+
+    @dataclass
+    class Container:  # what the docker SDK returns for the container compose started (attrs: `docker inspect`)
+        attrs: dict[str, Any]
+        name: str = "c-1"
+
+        def reload(self) -> None:
+            pass
+    started = compose_module._Started("c", tmp_path, compose_module.DeploymentLog(None, set()), container=Container(
+        {"Config": {"Cmd": ["--served-model-name", "m", "--port", "8123"]}, "HostConfig": {"NetworkMode": "host"},
+         "State": {"Status": "running"}}))
+    assert deployer._endpoint_for(grid.configs[0], started).base_url == "http://127.0.0.1:8123"
 
 
 def test_base_url_comes_from_host_networking_or_the_published_port() -> None:

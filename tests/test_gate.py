@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pytest_vllmgrid.results import ConfigResult, DeploymentRecord, Measurement, RunManifest, TestResult
+
 import json
 from pathlib import Path
 
@@ -23,22 +25,22 @@ def latencies(median_ms: float, seed: int, n: int = N) -> list[float]:
     return list(median_ms * np.exp(np.random.default_rng(seed).normal(0.0, 0.2, n)))
 
 
-def ttft_measurement(values: list[float]) -> dict:
+def ttft_measurement(values: list[float]) -> Measurement:
     """A stored ttft[short]-like measurement."""
     m = Measurement(method="synthetic")
     m.add_sample("ttft_ms", values, "ms", LOWER, headline=True)
     m.add_sample("e2e_ms", [v * 3 for v in values], "ms", LOWER)
     m.add_value("errors", 0, "requests", LOWER)
-    return m.to_dict()
+    return m
 
 
-def throughput_measurement(e2e_ms: list[float], concurrency: int = 4, tokens: int = 64) -> dict:
+def throughput_measurement(e2e_ms: list[float], concurrency: int = 4, tokens: int = 64) -> Measurement:
     """A stored throughput[N] measurement as the benchmark writes it: the rate as a value, per-request samples."""
     m = Measurement(method="synthetic")
     m.add_sample("e2e_ms", e2e_ms, "ms", LOWER)
     m.add_value("output_tok_s", concurrency * tokens / (float(np.mean(e2e_ms)) / 1000), "tok/s", HIGHER,
                 headline=True)
-    return m.to_dict()
+    return m
 
 
 def store_run(root: Path, configs: dict[str, dict[str, dict]], baseline: str | None = None,
@@ -49,10 +51,13 @@ def store_run(root: Path, configs: dict[str, dict[str, dict]], baseline: str | N
     for name, tests in configs.items():
         store.reset_config(name, {"params": (params or {}).get(name, {}), "config_hash": f"hash-{name}"})
         for key, measurement in tests.items():
-            store.record_test(name, key, {"measurement": measurement, "status": "passed"})
-        store.update_config(name, lambda d: d.update(status="complete", deployment={
-            "status": "success", "startup_time_seconds": 1.5, "health_check_attempts": 2}))
-    store.write_manifest({"status": "complete", "baseline": baseline or next(iter(configs))})
+            store.write_test(name, key, TestResult(measurement=measurement, status="passed"))
+
+        def complete(result: ConfigResult) -> None:
+            result.status = "complete"
+            result.deployment = DeploymentRecord(status="success", startup_time_seconds=1.5, health_check_attempts=2)
+        store.update_config(name, complete)
+    store.write_manifest(RunManifest(status="complete", baseline=baseline or next(iter(configs))))
     return store
 
 
@@ -99,15 +104,15 @@ def test_ini_string_holds_several_specs() -> None:
 
 def test_a_a_samples_pass() -> None:
     old, new = ttft_measurement(latencies(80, seed=1)), ttft_measurement(latencies(80, seed=2))
-    [verdict] = judge_test("baseline", "ttft[short]", {"measurement": old}, {"measurement": new},
+    [verdict] = judge_test("baseline", "ttft[short]", TestResult(measurement=old), TestResult(measurement=new),
                            [parse_spec("ttft_p50:10%")])
     assert verdict.status == OK and not verdict.failed
 
 
 def test_thirty_percent_slower_fails_with_metric_old_new_ci_and_allowed() -> None:
     old, new = latencies(80, seed=1), [v * 1.3 for v in latencies(80, seed=2)]
-    [verdict] = judge_test("baseline", "ttft[short]", {"measurement": ttft_measurement(old)},
-                           {"measurement": ttft_measurement(new)}, [parse_spec("ttft_p50:10%")])
+    [verdict] = judge_test("baseline", "ttft[short]", TestResult(measurement=ttft_measurement(old)),
+                           TestResult(measurement=ttft_measurement(new)), [parse_spec("ttft_p50:10%")])
     assert verdict.status == REGRESSION
     assert verdict.ci_low_pct > 0 and verdict.change_pct > 10
     message = verdict.message()
@@ -118,8 +123,8 @@ def test_thirty_percent_slower_fails_with_metric_old_new_ci_and_allowed() -> Non
 
 def test_slower_but_within_the_allowed_percentage_passes() -> None:
     old, new = latencies(80, seed=1), [v * 1.3 for v in latencies(80, seed=2)]
-    [verdict] = judge_test("baseline", "ttft[short]", {"measurement": ttft_measurement(old)},
-                           {"measurement": ttft_measurement(new)}, [parse_spec("ttft_p50:50%")])
+    [verdict] = judge_test("baseline", "ttft[short]", TestResult(measurement=ttft_measurement(old)),
+                           TestResult(measurement=ttft_measurement(new)), [parse_spec("ttft_p50:50%")])
     assert verdict.status == OK and verdict.significant
     assert "significantly worse (within +50%)" in verdict.verdict_text()
 
@@ -132,7 +137,7 @@ def test_every_alias_names_a_metric_the_benchmarks_store() -> None:
 def test_throughput_drop_is_judged_through_the_requests_latencies() -> None:
     old = throughput_measurement(latencies(800, seed=3))
     new = throughput_measurement([v / 0.7 for v in latencies(800, seed=4)])
-    [verdict] = judge_test("baseline", "throughput[4]", {"measurement": old}, {"measurement": new},
+    [verdict] = judge_test("baseline", "throughput[4]", TestResult(measurement=old), TestResult(measurement=new),
                            [parse_spec("throughput:5%")])
     assert verdict.status == REGRESSION and verdict.statistic == "via 1/mean(e2e_ms)"
     assert verdict.change_pct == pytest.approx((verdict.new / verdict.old - 1) * 100, abs=0.01)
@@ -143,7 +148,7 @@ def test_throughput_drop_is_judged_through_the_requests_latencies() -> None:
 def test_throughput_rise_is_not_a_regression() -> None:
     old = throughput_measurement(latencies(800, seed=3))
     new = throughput_measurement([v / 1.3 for v in latencies(800, seed=4)])
-    [verdict] = judge_test("baseline", "throughput[4]", {"measurement": old}, {"measurement": new},
+    [verdict] = judge_test("baseline", "throughput[4]", TestResult(measurement=old), TestResult(measurement=new),
                            [parse_spec("throughput:5%")])
     assert verdict.status == OK and "significantly better" in verdict.verdict_text()
 
@@ -152,34 +157,34 @@ def test_a_higher_is_better_metric_with_raw_samples_is_judged_on_them() -> None:
     def rates(scale: float, seed: int) -> dict:
         m = Measurement(method="synthetic")
         m.add_sample("output_tok_s", [v * scale for v in latencies(500, seed)], "tok/s", HIGHER)
-        return {"measurement": m.to_dict()}
+        return TestResult(measurement=m)
     [verdict] = judge_test("baseline", "throughput[4]", rates(1.0, 5), rates(0.7, 6), [parse_spec("throughput:5%")])
     assert verdict.status == REGRESSION and verdict.statistic == "p50"
 
 
 def test_fewer_than_ten_samples_are_not_judged_even_when_much_slower() -> None:
     old, new = ttft_measurement(latencies(80, 1, n=8)), ttft_measurement([v * 2 for v in latencies(80, 2, n=8)])
-    [verdict] = judge_test("baseline", "ttft[short]", {"measurement": old}, {"measurement": new},
+    [verdict] = judge_test("baseline", "ttft[short]", TestResult(measurement=old), TestResult(measurement=new),
                            [parse_spec("ttft_p50:10%")])
     assert verdict.status == NOT_JUDGED and "fewer than 10" in verdict.note
 
 
 def test_a_value_without_raw_samples_is_not_judged() -> None:
     old, new = ttft_measurement(latencies(80, 1)), ttft_measurement(latencies(80, 2))
-    [verdict] = judge_test("baseline", "ttft[short]", {"measurement": old}, {"measurement": new},
+    [verdict] = judge_test("baseline", "ttft[short]", TestResult(measurement=old), TestResult(measurement=new),
                            [parse_spec("ttft.errors:0%")])
     assert verdict.status == NOT_JUDGED and "no raw samples" in verdict.note
 
 
 def test_a_test_missing_from_the_old_run_is_reported_missing() -> None:
-    [verdict] = judge_test("baseline", "ttft[short]", None, {"measurement": ttft_measurement(latencies(80, 1))},
+    [verdict] = judge_test("baseline", "ttft[short]", None, TestResult(measurement=ttft_measurement(latencies(80, 1))),
                            [parse_spec("ttft_p50:10%")])
     assert verdict.status == MISSING and "OLD" in verdict.note
 
 
 def test_without_specs_every_headline_sample_is_shown_not_gated() -> None:
     old, new = ttft_measurement(latencies(80, 1)), ttft_measurement([v * 2 for v in latencies(80, 2)])
-    verdicts = judge_test("baseline", "ttft[short]", {"measurement": old}, {"measurement": new}, [])
+    verdicts = judge_test("baseline", "ttft[short]", TestResult(measurement=old), TestResult(measurement=new), [])
     assert [(v.metric, v.status) for v in verdicts] == [("ttft[short].ttft_ms", INFO)]
     assert not verdicts[0].failed and verdicts[0].verdict_text() == "significantly worse"
 
@@ -204,7 +209,7 @@ def shifted_runs(median_ms: float, seeds: list[int], run_sigma: float = 0.05) ->
 
 
 def as_tests(runs: list[list[float]]) -> list[dict]:
-    return [{"measurement": ttft_measurement(values)} for values in runs]
+    return [TestResult(measurement=ttft_measurement(values)) for values in runs]
 
 
 def test_several_runs_per_side_are_judged_with_the_run_as_the_unit() -> None:
@@ -220,15 +225,15 @@ def test_several_runs_per_side_are_judged_with_the_run_as_the_unit() -> None:
 
 def test_one_new_run_against_three_old_runs_borrows_their_variance() -> None:
     old = shifted_runs(80, [1, 2, 3])
-    [verdict] = judge_test("baseline", "ttft[short]", as_tests(old), {"measurement": ttft_measurement(
-        latencies(160, 9))}, [parse_spec("ttft_p50:10%")])
+    [verdict] = judge_test("baseline", "ttft[short]", as_tests(old), TestResult(measurement=ttft_measurement(
+        latencies(160, 9))), [parse_spec("ttft_p50:10%")])
     assert verdict.status == REGRESSION and (verdict.runs_old, verdict.runs_new) == (3, 1)
     assert "one run on the NEW side" in verdict.method
 
 
 def test_one_run_per_side_is_the_request_bootstrap_and_says_so() -> None:
     old, new = ttft_measurement(latencies(80, seed=1)), ttft_measurement([v * 1.3 for v in latencies(80, seed=2)])
-    [verdict] = judge_test("baseline", "ttft[short]", [{"measurement": old}], [{"measurement": new}],
+    [verdict] = judge_test("baseline", "ttft[short]", [TestResult(measurement=old)], [TestResult(measurement=new)],
                            [parse_spec("ttft_p50:10%")])
     assert verdict.status == REGRESSION and "between-run variance not accounted for" in verdict.method
     lines = [line for line, _ in summary_lines([verdict], [parse_spec("ttft_p50:10%")], "old")]
@@ -244,8 +249,8 @@ def test_a_run_with_too_few_samples_is_not_judged() -> None:
 
 
 def test_throughput_over_several_runs_is_judged_through_their_latencies() -> None:
-    old = [{"measurement": throughput_measurement(r)} for r in shifted_runs(800, [1, 2, 3])]
-    new = [{"measurement": throughput_measurement([v / 0.7 for v in r])} for r in shifted_runs(800, [4, 5, 6])]
+    old = [TestResult(measurement=throughput_measurement(r)) for r in shifted_runs(800, [1, 2, 3])]
+    new = [TestResult(measurement=throughput_measurement([v / 0.7 for v in r])) for r in shifted_runs(800, [4, 5, 6])]
     [verdict] = judge_test("baseline", "throughput[4]", old, new, [parse_spec("throughput:5%")])
     assert verdict.status == REGRESSION and verdict.statistic == "via 1/mean(e2e_ms)"
     assert (verdict.runs_old, verdict.runs_new) == (3, 3)

@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO, fake_grid
 from test_gate import latencies, store_run, throughput_measurement, ttft_measurement
 from pytest_vllmgrid.measurement import LOWER, Measurement
+from pytest_vllmgrid.results import TestResult
 from pytest_vllmgrid.report import build_report, write_reports
 from pytest_vllmgrid.report.html import markdown_fragment_html, render_store_html
 from pytest_vllmgrid.report.plots import (kv_cache_png, latency_distributions_png, measurement_png, merged_telemetry,
@@ -27,22 +28,22 @@ def external_links(text: str, attributes: tuple[str, ...] = ("src", "href")) -> 
             if attr.lower() in attributes and value and not value.startswith(("data:", "#"))]
 
 
-def kv_measurement(miss_ms: float, hit_ms: float, seed: int) -> dict:
+def kv_measurement(miss_ms: float, hit_ms: float, seed: int) -> Measurement:
     """A stored kv_cache-like measurement."""
     m = Measurement(method="synthetic")
     m.add_sample("ttft_miss_ms", latencies(miss_ms, seed, 12), "ms", LOWER, headline=True)
     m.add_sample("ttft_hit_ms", latencies(hit_ms, seed + 1, 12), "ms", LOWER, headline=True)
-    return m.to_dict()
+    return m
 
 
-def conversation_measurement(turns: int, seed: int) -> dict:
+def conversation_measurement(turns: int, seed: int) -> Measurement:
     """A long_conversation-like measurement: per-turn TTFT of two conversations in info."""
     m = Measurement(method="synthetic")
     series = [[20.0 + 3 * t + i + seed for t in range(turns)] for i in range(2)]
     series[1][-1] = None  # a failed last turn
     m.add_sample("ttft_ms", [v for row in series for v in row if v is not None], "ms", LOWER)
     m.info["turn_ttft_ms"] = series
-    return m.to_dict()
+    return m
 
 
 def gpu_series(started_at: float, util: list[float]) -> dict:
@@ -59,7 +60,7 @@ def full_run(tmp_path: Path):
     """Two configs with every kind of data the plots use."""
     def tests(scale: float, seed: int) -> dict:
         ttft = ttft_measurement(latencies(80 * scale, seed))
-        ttft["telemetry_series"] = gpu_series(1_700_000_000.0 + seed, [50, 90, 70])
+        ttft.telemetry_series = gpu_series(1_700_000_000.0 + seed, [50, 90, 70])
         return {"ttft[short]": ttft, "ttft[long]": ttft_measurement(latencies(300 * scale, seed + 1)),
                 "kv_cache": kv_measurement(600 * scale, 60 * scale, seed + 2),
                 "throughput[1]": throughput_measurement(latencies(500 * scale, seed + 3), concurrency=1),
@@ -99,7 +100,7 @@ def test_report_html_has_the_ranking_recommendation_and_details(full_run) -> Non
 
 def test_report_html_escapes_stored_text(tmp_path: Path) -> None:
     measurement = ttft_measurement(latencies(80, 1))
-    measurement["warnings"] = ["<script>alert(1)</script>"]
+    measurement.warnings = ["<script>alert(1)</script>"]
     store = store_run(tmp_path / "run", {"baseline": {"ttft[short]": measurement}})
     text = render_store_html(store, build_report(store))
     assert "<script>" not in text and "&lt;script&gt;" in text
@@ -137,9 +138,8 @@ def test_an_empty_store_yields_no_plots(tmp_path: Path) -> None:
 
 
 def test_telemetry_of_a_configs_benchmarks_is_joined_on_one_clock() -> None:
-    tests = [{"measurement": {"telemetry_series": gpu_series(1000.0, [10, 20])}},
-             {"measurement": {"telemetry_series": gpu_series(1010.0, [30, 40, 50])}},
-             {"measurement": {"telemetry_series": {"available": False, "reason": "no GPU"}}}]
+    tests = [TestResult(measurement=Measurement(method="m", telemetry_series=series)) for series in (
+        gpu_series(1000.0, [10, 20]), gpu_series(1010.0, [30, 40, 50]), {"available": False, "reason": "no GPU"})]
     merged = merged_telemetry(tests)
     assert [s.t for s in merged.samples] == [0.0, 1.0, 10.0, 11.0, 12.0]
     assert merged_telemetry(tests[2:]) is None
@@ -148,7 +148,7 @@ def test_telemetry_of_a_configs_benchmarks_is_joined_on_one_clock() -> None:
 def test_a_benchmarks_own_plot_covers_its_sample_metrics() -> None:
     png = measurement_png(ttft_measurement(latencies(80, 1)), "baseline / ttft[short]")
     assert png.startswith(PNG_SIGNATURE)
-    assert measurement_png({"samples": {}}, "nothing") is None
+    assert measurement_png(Measurement(method="none"), "nothing") is None
 
 
 def test_markdown_tables_and_bullets_become_html() -> None:

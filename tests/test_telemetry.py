@@ -581,12 +581,12 @@ def test_recorded_h100_grid_run_replays_into_the_reports_telemetry_section(tmp_p
 
 def test_report_says_why_telemetry_was_unavailable(tmp_path):
     from pytest_vllmgrid.report import write_reports
-    from pytest_vllmgrid.results import ResultsStore
+    from pytest_vllmgrid.results import Measurement, ResultsStore, TestResult
 
     store = ResultsStore(tmp_path)
     store.reset_config("cpu", {"params": {}})
-    store.record_test("cpu", "ttft", {"measurement": {"metrics": {}, "info": {"telemetry": {
-        "unavailable": "NVML init failed: NVML Shared Library Not Found"}}}})
+    store.write_test("cpu", "ttft", TestResult(measurement=Measurement(method="m", info={"telemetry": {
+        "unavailable": "NVML init failed: NVML Shared Library Not Found"}})))
     markdown = write_reports(store)["markdown"].read_text()
     assert "`cpu`: telemetry unavailable: NVML init failed: NVML Shared Library Not Found" in markdown
 
@@ -611,8 +611,8 @@ def test_recorded_two_gpu_xdist_run_shows_each_worker_on_its_own_gpu(tmp_path):
     assert sorted(configs) == ["gpu_a", "gpu_b"]
     gpu_of, uuid_of, pid_of = {}, {}, {}
     for name, result in configs.items():
-        deployment = result["deployment"]
-        telemetry = result["tests"]["gpu_window"]["measurement"]["info"]["telemetry"]["summary"]
+        deployment = result.deployment.model_dump()
+        telemetry = result.tests["gpu_window"].measurement.telemetry()["summary"]
         [device] = telemetry["devices"]  # the config's telemetry covers its own GPU only
         assert str(device["index"]) == "".join(deployment["gpu_devices"])
         assert device["util_mean_pct"] > 50 and device["mem_peak_mb"] > device["mem_start_mb"] + 4000

@@ -7,10 +7,15 @@ import shutil
 
 import pytest
 
-from pytest_vllmgrid.measurement import sample_metric
-from pytest_vllmgrid.thresholds import Bound, ThresholdError, judge, load_thresholds
+from pytest_vllmgrid.judge import judge_bound as judge
+from pytest_vllmgrid.measurement import Measurement
+from pytest_vllmgrid.thresholds import Bound, ThresholdError, load_thresholds
 
 from conftest import REPO, fake_grid
+
+
+def sample_metric(values, unit, better):
+    return Measurement(method="test").add_sample("m", values, unit, better)
 
 
 def test_shipped_threshold_files_load():

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import httpx
 
+from pytest_vllmgrid.endpoint import Endpoint  # re-exported: deploy.base.Endpoint still works
+
 if TYPE_CHECKING:
     from pytest_vllmgrid.grid import Grid, ServerConfig
 
@@ -26,24 +28,6 @@ _ERROR_LINE_PATTERN = re.compile(
 )
 # Log lines at these levels are never the reason (e.g. vLLM's ulimit WARNING quoting `OSError: ...`).
 _NOT_AN_ERROR_LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING)\b")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a deployed server answers: everything a benchmark may know about it."""
-
-    base_url: str
-    model: str
-    api_key: str | None = field(default=None, repr=False)
-
-    @property
-    def metrics_url(self) -> str:
-        """The Prometheus /metrics address."""
-        return f"{self.base_url}/metrics"
-
-    def headers(self) -> dict[str, str]:
-        """HTTP headers for an authenticated request."""
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 class DeploymentError(Exception):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from dotenv import dotenv_values
 
 from pytest_vllmgrid.atomic import write_text_atomic
 from pytest_vllmgrid.deploy.base import (
@@ -37,7 +38,8 @@ from pytest_vllmgrid.deploy.base import (
 )
 from pytest_vllmgrid.deploy.options import DeployOptions
 from pytest_vllmgrid.deploy.readiness import wait_until_ready
-from pytest_vllmgrid.grid import TINY_MODEL, canonical_param, vllm_flags
+from pytest_vllmgrid.grid import TINY_MODEL
+from pytest_vllmgrid.vllm_argv import merge_command, option_value, split_command
 
 if TYPE_CHECKING:
     from pytest_vllmgrid.grid import Grid, GridFile, ServerConfig
@@ -66,89 +68,6 @@ _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD)", re.IGNORECASE)
 # ---- pure helpers (no Docker needed) --------------------------------------------------------------
 
 
-def split_command(command: Any) -> list[str]:
-    """A compose `command:` (list, string or absent) as an argv list."""
-    if command is None:
-        return []
-    if isinstance(command, str):
-        return shlex.split(command)
-    return [str(part) for part in command]
-
-
-def option_dest(token: str) -> str | None:
-    """The vLLM dest a command-line option names (`--max-num-seqs=4`, `--no-enable-prefix-caching`), else None."""
-    if not token.startswith("--") or len(token) < 3:
-        return None
-    name = token[2:].split("=", 1)[0]
-    dest = canonical_param(name)
-    if dest is None and name.startswith("no-"):
-        positive = canonical_param(name[3:])
-        if positive and vllm_flags().get(positive, {}).get("negatable"):
-            dest = positive
-    return dest or name.replace("-", "_")
-
-
-def _takes_value(dest: str, token: str) -> bool:
-    """Whether an option token is followed by value tokens."""
-    if "=" in token:
-        return False
-    spec = vllm_flags().get(dest)
-    return True if spec is None else bool(spec.get("takes_value", True))
-
-
-def _is_option(token: str) -> bool:
-    """An option token (`--x`), not a value such as `-1`."""
-    return token.startswith("--") and len(token) > 2
-
-
-def flag_groups(argv: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """Split argv into leading positionals and (dest, tokens) groups, one per option."""
-    leading: list[str] = []
-    groups: list[tuple[str, list[str]]] = []
-    index = 0
-    while index < len(argv) and not _is_option(argv[index]):
-        leading.append(argv[index])
-        index += 1
-    while index < len(argv):
-        token = argv[index]
-        dest = option_dest(token) or token
-        tokens = [token]
-        index += 1
-        if _takes_value(dest, token):
-            while index < len(argv) and not _is_option(argv[index]):
-                tokens.append(argv[index])
-                index += 1
-        groups.append((dest, tokens))
-    return leading, groups
-
-
-def merge_command(base: list[str], grid_args: list[str]) -> list[str]:
-    """The service's command with the grid's flags: a flag present in both takes the grid's value."""
-    leading, base_groups = flag_groups(base)
-    grid_leading, grid_groups = flag_groups(grid_args)
-    overridden = {dest for dest, _ in grid_groups}
-    merged = list(leading)
-    for dest, tokens in base_groups:
-        if dest not in overridden:
-            merged += tokens
-    for dest, tokens in grid_groups:
-        merged += tokens
-    return merged + grid_leading
-
-
-def option_value(argv: list[str], dest: str) -> str | None:
-    """The first value given to an option in argv (`--port 8000` or `--port=8000`), or None."""
-    _, groups = flag_groups(argv)
-    for group_dest, tokens in groups:
-        if group_dest != dest:
-            continue
-        if "=" in tokens[0]:
-            return tokens[0].split("=", 1)[1]
-        if len(tokens) > 1:
-            return tokens[1]
-    return None
-
-
 def escape_interpolation(value: str) -> str:
     """Protect `$` from compose's variable interpolation (grid values are literal)."""
     return value.replace("$", "$$")
@@ -170,7 +89,10 @@ def project_name_for(compose_file: Path) -> str:
 
 
 def referenced_variables(value: Any) -> list[tuple[str, bool]]:
-    """(name, has_default_or_error_text) of every `$VAR` / `${VAR...}` in a string or list of strings."""
+    """(name, has_default) of every `$VAR` / `${VAR...}` in a string or list of strings (`$$` is no reference).
+
+    Only the names are needed (compose itself interpolates when it runs); python-dotenv's parser knows just
+    `${VAR}` and `${VAR:-default}`, not compose's `$VAR`, `${VAR-x}`, `${VAR:?error}` or `$$`."""
     found: list[tuple[str, bool]] = []
     for text in value if isinstance(value, list) else [value]:
         if not isinstance(text, str):
@@ -180,18 +102,6 @@ def referenced_variables(value: Any) -> list[tuple[str, bool]]:
             modifier = match.group(2) or ""
             found.append((name, modifier.startswith((":-", "-"))))
     return found
-
-
-def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose-style substitution of `$VAR`, `${VAR}` and `${VAR:-default}` (enough for a port number)."""
-    def substitute(match: re.Match) -> str:
-        name = match.group(1) or match.group(3)
-        modifier = match.group(2) or ""
-        value = env.get(name)
-        if modifier.startswith((":-", "-")) and not value:
-            return modifier.split("-", 1)[1]
-        return value or ""
-    return _VARIABLE.sub(substitute, text).replace("$$", "$")
 
 
 def api_key_reference(service_def: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -215,19 +125,11 @@ def api_key_reference(service_def: dict[str, Any]) -> tuple[str | None, str | No
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines of a compose env file (comments, blank lines and `export ` ignored)."""
-    values: dict[str, str] = {}
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        key = key.strip().removeprefix("export ").strip()
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key] = value
-    return values
+    """A compose env file's variables, read by python-dotenv: quotes, `export `, comments, and `${VAR}` /
+    `${VAR:-default}` expanded from earlier lines and the environment, as compose does (unlike compose,
+    python-dotenv also expands inside single quotes and leaves a bare `$VAR` as written). A line without `=`
+    sets nothing and is left out."""
+    return {key: value for key, value in dotenv_values(path, encoding="utf-8").items() if value is not None}
 
 
 def host_variables() -> dict[str, str]:
@@ -741,8 +643,9 @@ class ComposeDeployer:
         spec = self.grid_spec.compose if self.grid_spec is not None else None
         if spec is not None and spec.base_url:
             return Endpoint(spec.base_url.rstrip("/"), model, key)
-        port_text = interpolate(option_value(command, "port") or str(DEFAULT_CONTAINER_PORT),
-                                self.compose_environment(config))
+        # The container's Cmd is the command as compose ran it: variables already interpolated by compose itself.
+        running = (started.container.attrs.get("Config") or {}).get("Cmd") or command
+        port_text = option_value(running, "port") or str(DEFAULT_CONTAINER_PORT)
         try:
             port = int(port_text)
         except ValueError:

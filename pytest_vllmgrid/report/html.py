@@ -1,20 +1,20 @@
-"""HTML report: a self-contained report.html (inline CSS, PNGs as data: URIs), and pytest-html sections."""
+"""HTML report: a self-contained report.html (inline CSS, PNGs as data: URIs); its pieces also feed
+the pytest-html sections (html_hooks.py)."""
 
 from __future__ import annotations
 
 import base64
 import html
 import re
+from collections.abc import Mapping
 from typing import Any, Iterable
 
-import pytest
-
-from pytest_vllmgrid.measurement import point_of
+from pytest_vllmgrid.report.model import point_of
 from pytest_vllmgrid.report.markdown import cell, delta, render_markdown
-from pytest_vllmgrid.report.model import _fmt
-from pytest_vllmgrid.report.plots import measurement_png, report_plots, telemetry_series_by_config
+from pytest_vllmgrid.numbers import fmt_number as _fmt
+from pytest_vllmgrid.report.plots import report_plots, telemetry_series_by_config
 from pytest_vllmgrid.report.telemetry import telemetry_markdown
-from pytest_vllmgrid.results import ResultsStore
+from pytest_vllmgrid.results import ConfigResult, GateRecord, GateVerdict, ResultsStore
 
 # (selector, declarations); scoped under a class when embedded in pytest-html's page.
 STYLE_RULES: list[tuple[str, str]] = [
@@ -143,13 +143,10 @@ def conclusions_html(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def gate_html(verdicts: list[dict[str, Any]], compared_with: str | None = None) -> str:
-    """The regression-gate comparison (verdict dicts from gate.GateVerdict.to_dict)."""
-    from pytest_vllmgrid.gate import GateVerdict
-
-    if not verdicts:
+def gate_html(items: list[GateVerdict], compared_with: str | None = None) -> str:
+    """The regression-gate comparison."""
+    if not items:
         return ""
-    items = [GateVerdict(**v) for v in verdicts]
     rows = [[esc(v.config), f"<code>{esc(v.metric)}</code> {esc(v.statistic)}", esc(_value(v.old, v.unit)),
              esc(_value(v.new, v.unit)), esc(v.change_text()), esc(v.allowed_text() or "–"),
              f'<span class="bad">{esc(v.verdict_text())}</span>' if v.failed else esc(v.verdict_text())]
@@ -166,7 +163,7 @@ def _value(value: float | None, unit: str) -> str:
     return "–" if value is None else f"{_fmt(value)} {unit}".strip()
 
 
-def plots_html(report: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
+def plots_html(report: dict[str, Any], results: Mapping[str, ConfigResult]) -> str:
     """Every plot that has data, embedded."""
     figures = [f"<figure>{png_img(png, caption)}<figcaption>{esc(caption)}</figcaption></figure>"
                for caption, png in report_plots(report, results)]
@@ -194,7 +191,7 @@ def details_html(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def telemetry_html(results: dict[str, dict[str, Any]]) -> str:
+def telemetry_html(results: Mapping[str, ConfigResult]) -> str:
     """The GPU telemetry section (tables and alerts), only when a config recorded telemetry."""
     series = telemetry_series_by_config(results)
     return markdown_fragment_html(telemetry_markdown(series)) if series else ""
@@ -206,14 +203,13 @@ def run_info_html(report: dict[str, Any]) -> str:
     return markdown_fragment_html(header.split("\n", 1)[1])
 
 
-def render_html(report: dict[str, Any], results: dict[str, dict[str, Any]],
-                gate: dict[str, Any] | None = None) -> str:
+def render_html(report: dict[str, Any], results: Mapping[str, ConfigResult],
+                gate: GateRecord | None = None) -> str:
     """The whole report as one self-contained HTML page."""
-    gate = gate or {}
     body = [
         "<h1>vLLM grid comparative report</h1>", run_info_html(report),
         "<h2>Ranking</h2>", ranking_html(report, legend=False),
-        conclusions_html(report), gate_html(gate.get("verdicts") or [], gate.get("compared_with")),
+        conclusions_html(report), gate_html(gate.verdicts, gate.compared_with) if gate else "",
         plots_html(report, results), telemetry_html(results), details_html(report),
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -223,62 +219,4 @@ def render_html(report: dict[str, Any], results: dict[str, dict[str, Any]],
 
 def render_store_html(store: ResultsStore, report: dict[str, Any]) -> str:
     """report.html's content from a results store and its built report."""
-    return render_html(report, store.all_configs(), store.manifest().get("regression_gate"))
-
-
-# ---- pytest-html integration (registered by plugin.py when --html is given) ---------------------
-
-def benchmark_extras(store: ResultsStore, config_name: str, test_key: str) -> list[dict[str, Any]]:
-    """pytest-html extras for one benchmark: its metrics table, gate verdicts and sample plot."""
-    from pytest_html import extras
-
-    test = ((store.load_config(config_name) or {}).get("tests") or {}).get(test_key) or {}
-    measurement = test.get("measurement")
-    if not measurement:
-        return []
-    fragment = f"<div>{metrics_table_html(measurement.get('metrics') or {})}"
-    gate = test.get("regression_gate") or {}
-    fragment += gate_html(gate.get("verdicts") or [], gate.get("compared_with")) + "</div>"
-    out = [extras.html(fragment)]
-    png = measurement_png(measurement, f"{config_name} / {test_key}")
-    if png:
-        out.append(extras.png(base64.b64encode(png).decode("ascii"), name=f"{test_key} samples"))
-    return out
-
-
-class PytestHtmlSections:
-    """pytest-html hooks: per-benchmark extras, and the ranked table + plots in the summary."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
-        """Attach the benchmark's own table and plot to its call report."""
-        from pytest_vllmgrid.plugin import _item_config
-        from pytest_vllmgrid.results import result_key
-        from pytest_vllmgrid.session import STASH_KEY
-
-        outcome = yield
-        report = outcome.get_result()
-        cfg = _item_config(item)
-        store = self.config.stash[STASH_KEY].store
-        if report.when == "call" and cfg is not None and store is not None:
-            report.extras = [*getattr(report, "extras", []), *benchmark_extras(store, cfg.name, result_key(item))]
-
-    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],
-                                    session: pytest.Session) -> None:
-        """The ranked table, the recommendation, the gate and the plots above pytest-html's results."""
-        from pytest_vllmgrid.report.model import build_report
-        from pytest_vllmgrid.session import STASH_KEY
-
-        gs = session.config.stash[STASH_KEY]
-        if gs.store is None or not gs.store.all_configs():
-            return
-        report = build_report(gs.store, gs.grid)
-        gate = gs.store.manifest().get("regression_gate") or {}
-        prefix.append(f"<div class=\"vllmgrid\"><style>{css('.vllmgrid')}</style>"
-                      f"<h2>vLLM grid</h2>{ranking_html(report)}{conclusions_html(report)}"
-                      f"{gate_html(gate.get('verdicts') or [], gate.get('compared_with'))}"
-                      f"{plots_html(report, gs.store.all_configs())}"
-                      f"<p>Full report: <code>{esc(gs.store.root / 'report.html')}</code></p></div>")
+    return render_html(report, store.all_configs(), store.manifest().regression_gate)

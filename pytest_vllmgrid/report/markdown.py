@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytest_vllmgrid.measurement import point_of
-from pytest_vllmgrid.report.model import _fmt
+from pytest_vllmgrid.report.model import point_of
+from pytest_vllmgrid.numbers import fmt_number as _fmt
 
 SEED_PARAMS = [("gpu_memory_utilization", "GPU mem"), ("enable_prefix_caching", "Prefix"),
                ("enable_chunked_prefill", "Chunked"), ("max_num_seqs", "Max seqs"),
@@ -67,6 +67,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     header = ["Rank", "Config", *[label for _, label in seed_cols], "Status", "Startup s"]
     for name in cols:
         header += [name, "Δ"]
+    extra_cols = (report.get("extensions") or {}).get("columns") or []  # hook pytest_vllmgrid_report_columns
+    header += [_table_text(col["title"]) for col in extra_cols]
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "---|" * len(header))
     for row in report["configs"]:
@@ -76,6 +78,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         for name in cols:
             metric = row["metrics"].get(name)
             cells += [cell(metric), delta(metric)]
+        cells += [_table_text(col["cells"].get(row["name"], "")) for col in extra_cols]
         out.append("| " + " | ".join(cells) + " |")
     opt = report.get("optimal")
     out += ["", "## Optimal configuration", ""]
@@ -111,6 +114,19 @@ def render_markdown(report: dict[str, Any]) -> str:
                            f"| {_fmt(metric.get('mean')) if metric.get('kind') == 'sample' else ''} | {delta(metric)} |")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def render_extension_sections(report: dict[str, Any]) -> str:
+    """The sections of hook pytest_vllmgrid_report_sections (report["extensions"]), as Markdown; "" when none."""
+    out: list[str] = []
+    for section in (report.get("extensions") or {}).get("sections") or []:
+        out += ["", f"## {section['title']}", "", section["markdown"].rstrip(), ""]
+    return "\n".join(out)
+
+
+def _table_text(text: Any) -> str:
+    """A value as one Markdown table cell (no line break, no unescaped pipe)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def render_terminal(report: dict[str, Any]) -> list[str]:

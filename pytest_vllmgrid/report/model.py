@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from pytest_vllmgrid.grid import Grid
-from pytest_vllmgrid.measurement import HIGHER, LOWER, point_of
-from pytest_vllmgrid.results import ResultsStore
+from pytest_vllmgrid.numbers import fmt_number as _fmt
+from pytest_vllmgrid.results import HIGHER, LOWER, ConfigResult, ResultsStore
 from pytest_vllmgrid.stats import ratio_ci
 
 # Preferred primary metrics, in order, when the grid names none.
@@ -19,7 +19,7 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
     results = store.all_configs()
     order = grid.names if grid else list(results)
     order += [n for n in results if n not in order]
-    baseline = (grid.baseline if grid else None) or manifest.get("baseline") or (order[0] if order else None)
+    baseline = (grid.baseline if grid else None) or manifest.baseline or (order[0] if order else None)
     rows = [_config_row(name, results[name]) for name in order if name in results]
     base_row = next((r for r in rows if r["name"] == baseline), None)
     for row in rows:
@@ -30,7 +30,7 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
     ranked = _rank(rows, primary, columns)
     report = {
         "schema_version": 1,
-        "run": {k: manifest.get(k) for k in ("status", "started", "ended", "grid_file", "grid_hash", "model",
+        "run": {k: getattr(manifest, k) for k in ("status", "started", "ended", "grid_file", "grid_hash", "model",
                                              "vllm_version", "package_version", "hardware", "deployer")},
         "results_dir": str(store.root),
         "baseline": baseline,
@@ -47,33 +47,27 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
     return report
 
 
-def _config_row(name: str, data: dict[str, Any]) -> dict[str, Any]:
+def _config_row(name: str, data: ConfigResult) -> dict[str, Any]:
     """One config's status, deployment and flattened metrics (`test.metric`)."""
     metrics: dict[str, dict[str, Any]] = {}
     samples: dict[str, list[float]] = {}
     warnings: list[str] = []
     tests = {}
-    for key, test in (data.get("tests") or {}).items():
-        tests[key] = {"status": test.get("status", "unknown"), "message": test.get("message")}
-        meas = test.get("measurement") or {}
-        for metric_name, metric in (meas.get("metrics") or {}).items():
-            metrics[f"{key}.{metric_name}"] = dict(metric)
-        for metric_name, values in (meas.get("samples") or {}).items():
+    for key, test in data.tests.items():
+        tests[key] = {"status": test.status, "message": test.message}
+        meas = test.measurement
+        if meas is None:
+            continue
+        for metric_name, metric in meas.metrics.items():
+            metrics[f"{key}.{metric_name}"] = metric.model_dump()
+        for metric_name, values in meas.samples.items():
             samples[f"{key}.{metric_name}"] = values
-        warnings += [f"{key}: {w}" for w in meas.get("warnings") or []]
-    deployment = data.get("deployment") or {}
-    failure = None
-    if deployment.get("status") == "failed":
-        failure = f"deployment failed: {(deployment.get('error') or {}).get('message', 'unknown reason')}"
-    elif deployment.get("died"):  # its numbers cover part of the benchmarks only: never ranked or recommended
-        failure = f"server died during the benchmarks ({deployment['died'].get('reason')})"
-    elif data.get("status") == "interrupted":
-        failure = "interrupted before it finished"
-    return {"name": name, "status": data.get("status"), "params": data.get("config_params", {}),
-            "config_hash": data.get("config_hash"), "server_version": data.get("server_version"),
-            "startup_s": deployment.get("startup_time_seconds"), "tests": tests, "metrics": metrics,
-            "samples": samples, "warnings": warnings, "failure": failure, "errors": data.get("errors", []),
-            "skip_reason": data.get("skip_reason")}
+        warnings += [f"{key}: {w}" for w in meas.warnings]
+    return {"name": name, "status": data.status, "params": data.config_params,
+            "config_hash": data.config_hash, "server_version": data.server_version,
+            "startup_s": data.deployment.startup_time_seconds, "tests": tests, "metrics": metrics,
+            "samples": samples, "warnings": warnings, "failure": data.failure(),
+            "errors": [e.model_dump() for e in data.errors], "skip_reason": data.skip_reason}
 
 
 def _add_vs_baseline(row: dict[str, Any], base: dict[str, Any] | None) -> None:
@@ -176,12 +170,8 @@ def _recommendation(report: dict[str, Any]) -> str:
             "keep the baseline or measure with more repetitions.")
 
 
-def _fmt(value: float | None) -> str:
-    """A number with sensible precision."""
-    if value is None:
-        return "n/a"
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
+def point_of(metric: dict[str, Any] | None, stat: str = "p50") -> float | None:
+    """The number a report row's metric is ranked and compared by (a sample's p50, else its value)."""
+    if not metric:
+        return None
+    return metric.get(stat) if metric.get("kind") == "sample" else metric.get("value")

@@ -9,7 +9,10 @@ import io
 import re
 import statistics
 from dataclasses import replace
+from collections.abc import Mapping
 from typing import Any, Callable, Iterable
+
+from pytest_vllmgrid.results import ConfigResult, JsonObject, Measurement, TestResult
 
 from pytest_vllmgrid.report.telemetry import telemetry_plot_png
 from pytest_vllmgrid.telemetry import Sample, TelemetrySeries
@@ -134,7 +137,7 @@ def throughput_png(report: dict[str, Any]) -> bytes | None:
     return _png(fig)
 
 
-def turn_series(info: dict[str, Any]) -> list[list[float | None]]:
+def turn_series(info: JsonObject) -> list[list[float | None]]:
     """Per-turn TTFT ms, one list per conversation (None for a failed turn), from a long conversation's info."""
     series = info.get("turn_ttft_ms")
     if not isinstance(series, list) or not series:
@@ -143,13 +146,13 @@ def turn_series(info: dict[str, Any]) -> list[list[float | None]]:
     return [[None if v is None else float(v) for v in row] for row in rows]
 
 
-def turn_ttft_png(results: dict[str, dict[str, Any]]) -> bytes | None:
+def turn_ttft_png(results: Mapping[str, ConfigResult]) -> bytes | None:
     """TTFT per turn of the long conversations: median over conversations, min-max band, per config."""
     curves = {}
     for name, data in results.items():
-        for key, test in (data.get("tests") or {}).items():
-            rows = turn_series(((test.get("measurement") or {}).get("info")) or {}) if key.startswith(
-                "long_conversation") else []
+        for key, test in data.tests.items():
+            rows = turn_series(test.measurement.info) if key.startswith("long_conversation") and \
+                test.measurement is not None else []
             if rows:
                 curves[f"{name}" if key == "long_conversation" else f"{name} {key}"] = rows
     if not curves:
@@ -212,24 +215,25 @@ def latency_distributions_png(report: dict[str, Any]) -> bytes | None:
     return _png(axes[0].figure)
 
 
-def measurement_png(measurement: dict[str, Any], title: str) -> bytes | None:
+def measurement_png(measurement: Measurement, title: str) -> bytes | None:
     """One benchmark's stored samples: a distribution panel per sample metric (per-test extra)."""
-    samples = {k: v for k, v in (measurement.get("samples") or {}).items() if v}
+    samples = {k: v for k, v in measurement.samples.items() if v}
     if not samples:
         return None
     names = list(samples)[:MAX_DISTRIBUTIONS]
     axes = _grid_of_axes(len(names), 2.8)
     for ax, name in zip(axes, names):
-        unit = ((measurement.get("metrics") or {}).get(name) or {}).get("unit", "")
+        metric = measurement.metric(name)
+        unit = metric.unit if metric is not None else ""
         _distribution_axes(ax, [(f"n={len(samples[name])}", samples[name])], name, unit)
     axes[0].figure.suptitle(title)
     return _png(axes[0].figure)
 
 
-def merged_telemetry(tests: Iterable[dict[str, Any]]) -> TelemetrySeries | None:
+def merged_telemetry(tests: Iterable[TestResult]) -> TelemetrySeries | None:
     """One config's per-benchmark telemetry series joined on one clock (None when none is available)."""
-    parts = [TelemetrySeries.from_dict(s) for s in ((t.get("measurement") or {}).get("telemetry_series")
-                                                   for t in tests) if s and s.get("available")]
+    parts = [TelemetrySeries.from_dict(s) for s in (t.measurement.telemetry_series for t in tests
+                                                   if t.measurement is not None) if s and s.get("available")]
     if not parts:
         return None
     parts.sort(key=lambda s: s.started_at or 0.0)
@@ -242,20 +246,20 @@ def merged_telemetry(tests: Iterable[dict[str, Any]]) -> TelemetrySeries | None:
     return replace(parts[0], samples=samples, errors=sum(p.errors for p in parts))
 
 
-def telemetry_series_by_config(results: dict[str, dict[str, Any]]) -> dict[str, TelemetrySeries]:
+def telemetry_series_by_config(results: Mapping[str, ConfigResult]) -> dict[str, TelemetrySeries]:
     """Config name -> its merged GPU telemetry, for configs that recorded any."""
-    merged = {name: merged_telemetry((data.get("tests") or {}).values()) for name, data in results.items()}
+    merged = {name: merged_telemetry(data.tests.values()) for name, data in results.items()}
     return {name: series for name, series in merged.items() if series is not None}
 
 
-def telemetry_png(results: dict[str, dict[str, Any]]) -> bytes | None:
+def telemetry_png(results: Mapping[str, ConfigResult]) -> bytes | None:
     """GPU utilisation and VRAM over time per config (report/telemetry.py's plot), None without telemetry."""
     series = telemetry_series_by_config(results)
     return telemetry_plot_png(series) if series else None
 
 
 # (caption, builder) in report order; builders take (report, results).
-PLOTS: list[tuple[str, Callable[[dict[str, Any], dict[str, dict[str, Any]]], bytes | None]]] = [
+PLOTS: list[tuple[str, Callable[[dict[str, Any], Mapping[str, ConfigResult]], bytes | None]]] = [
     ("TTFT per config, p50 with 95% bootstrap CI", lambda report, results: ttft_png(report)),
     ("KV cache MISS vs HIT per config", lambda report, results: kv_cache_png(report)),
     ("Throughput vs concurrency", lambda report, results: throughput_png(report)),
@@ -265,7 +269,7 @@ PLOTS: list[tuple[str, Callable[[dict[str, Any], dict[str, dict[str, Any]]], byt
 ]
 
 
-def report_plots(report: dict[str, Any], results: dict[str, dict[str, Any]]) -> list[tuple[str, bytes]]:
+def report_plots(report: dict[str, Any], results: Mapping[str, ConfigResult]) -> list[tuple[str, bytes]]:
     """Every plot that has data, as (caption, PNG bytes)."""
     out = []
     for caption, build in PLOTS:

@@ -1,0 +1,104 @@
+"""What a run manifest records about the machine and the software, and what earlier runs tell us.
+
+Plain Python (no pytest): hardware and versions, the command line with secrets masked, the server's own
+version, the visible GPUs, the latest unfinished run (for a bare --resume) and duration estimates from
+the latest stored run (for --vllm-dry-run).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from pytest_vllmgrid.results import ResultsStore
+
+if TYPE_CHECKING:
+    from pytest_vllmgrid.deploy.base import Deployment
+
+
+def latest_unfinished_run(results_base: Path) -> str | None:
+    """The newest results directory whose run did not complete (for a bare --resume); None if there is none."""
+    manifests = sorted(results_base.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for manifest in manifests:
+        status = ResultsStore(manifest.parent).manifest().status
+        if status != "complete":
+            return str(manifest.parent)
+    return None
+
+
+def visible_devices() -> list[str]:
+    """GPUs this run may use: CUDA_VISIBLE_DEVICES entries when set, else NVML's device list."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    try:
+        from pytest_vllmgrid.telemetry import list_devices
+
+        return [str(d.index) for d in list_devices()]
+    except Exception:  # no driver: a CPU machine has no GPU sets
+        return []
+
+
+def estimate_durations(results_base: Path) -> tuple[float, float, str]:
+    """(startup s, seconds per benchmark, basis): from the latest stored run, else conservative defaults."""
+    runs = sorted((p for p in results_base.glob("*/manifest.json")), key=lambda p: p.stat().st_mtime)
+    for manifest in reversed(runs):
+        store = ResultsStore(manifest.parent)
+        configs = [c for c in store.all_configs().values() if c.status == "complete"]
+        startups = [c.deployment.startup_time_seconds for c in configs if c.deployment.startup_time_seconds]
+        per_test = [t.duration_s for c in configs for t in c.tests.values() if t.duration_s]
+        if startups and per_test:
+            return (sum(startups) / len(startups), sum(per_test) / len(per_test), f"the run in {manifest.parent}")
+    return (60.0, 30.0, "defaults (60 s startup, 30 s per benchmark; no earlier run found)")
+
+
+def server_version(deployment: Deployment) -> str | None:
+    """vLLM's own version, from the server's /version."""
+    try:
+        resp = deployment.http().get(f"{deployment.endpoint.base_url}/version", timeout=5)
+        return resp.json().get("version") if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def hardware_info() -> dict[str, Any]:
+    """CPU, memory and GPU names of this machine."""
+    info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(),
+                            "cpu_count": os.cpu_count(), "processor": platform.processor() or None}
+    try:
+        import psutil
+
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    try:
+        from pytest_vllmgrid.telemetry import resolve_devices
+
+        info["gpus"] = [getattr(d, "name", str(d)) for d in resolve_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))]
+    except Exception as exc:  # no driver / no NVML: recorded, never fatal
+        info["gpus"] = []
+        info["gpu_probe"] = f"{type(exc).__name__}: {exc}"[:200]
+    return info
+
+
+def package_version(dist: str) -> str | None:
+    """An installed distribution's version, or None when it is not installed."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def safe_argv() -> list[str]:
+    """The command line, with anything that looks like a secret masked."""
+    out = []
+    for arg in sys.argv:
+        lowered = arg.lower()
+        out.append("***" if any(w in lowered for w in ("key=", "token=", "secret=", "password=")) else arg)
+    return out

@@ -1,0 +1,14 @@
+"""The results package: typed models (`models`), readers of every schema version (`schema`) and the
+results directory (`store`). Everything a run stores, the judge fills and the reports and gate read."""
+
+from pytest_vllmgrid.results.models import (HIGHER, LOWER, SCHEMA_VERSION, ConfigResult, DeploymentRecord,
+                                            ErrorLine, GateRecord, GateVerdict, JsonObject, Measurement, Metric,
+                                            RunManifest, TestResult, Validity, Verdict)
+from pytest_vllmgrid.results.schema import SchemaError, read_config_result, read_manifest
+from pytest_vllmgrid.results.store import (MANIFEST, ResultsStore, default_results_dir, elapsed_since,
+                                           new_config_result, now_iso, result_key)
+
+__all__ = ["HIGHER", "LOWER", "SCHEMA_VERSION", "ConfigResult", "DeploymentRecord", "ErrorLine", "GateRecord",
+           "GateVerdict", "JsonObject", "Measurement", "Metric", "RunManifest", "TestResult", "Validity",
+           "Verdict", "SchemaError", "read_config_result", "read_manifest", "MANIFEST", "ResultsStore",
+           "default_results_dir", "elapsed_since", "new_config_result", "now_iso", "result_key"]

@@ -1,0 +1,319 @@
+"""The typed result model: what a run stores, what the judge fills in and what reports and the gate read.
+
+One `ConfigResult` per config (`<config>.json`), holding one `TestResult` per benchmark, each with its
+`Measurement` (metrics with unit, direction, CI and validity; raw samples; the server's /metrics delta;
+free-form context) and the `Verdict`s the judge gave it. The JSON on disk is these models' dump; older
+files are read through `results.schema.upgrade`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from pytest_vllmgrid.numbers import fmt_cell, fmt_number
+from pytest_vllmgrid.stats import RatioEstimate, summarize
+
+SCHEMA_VERSION = 2
+LOWER = "lower"
+HIGHER = "higher"
+Better = Literal["lower", "higher"]
+Validity = Literal["valid", "inconclusive", "invalid"]
+JsonObject = dict[str, JsonValue]
+"""Free-form, JSON-safe context (server windows, telemetry, settings) that no judge reads by key."""
+
+
+_SUMMARY_FIELDS = ("n", "mean", "stdev", "min", "max", "p50", "p90", "p95", "p99", "ci_low", "ci_high", "method")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+class Metric(_Model):
+    """One figure of a measurement: a summarised sample (`kind="sample"`) or a derived value."""
+
+    kind: Literal["sample", "value"]
+    unit: str = ""
+    better: Better | None = None
+    headline: bool = False
+    n: int | None = None
+    value: float | None = None  # derived numbers only
+    mean: float | None = None
+    stdev: float | None = None
+    min: float | None = None
+    max: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    method: str = ""
+    validity: Validity = "valid"
+    validity_reason: str | None = None
+
+    def point(self, stat: str = "p50") -> float | None:
+        """The number a metric is ranked and compared by: a sample's `stat` (p50 by default), else its value."""
+        if self.kind == "sample":
+            return self.p50 if stat == "value" else getattr(self, stat, None)
+        own = getattr(self, stat, None) if stat in _SUMMARY_FIELDS and stat not in ("p50", "method") else None
+        return own if isinstance(own, (int, float)) else self.value
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        """The 95 % CI of the point (median or value), when it has one."""
+        if self.ci_low is None or self.ci_high is None:
+            return None
+        return self.ci_low, self.ci_high
+
+
+class Verdict(_Model):
+    """One bound or gate spec judged on one config's metric."""
+
+    metric: str
+    config: str
+    passed: bool | None  # None = could not be judged (missing value, missing baseline)
+    message: str
+    value: float | None = None
+    bound: float | None = None
+    baseline_value: float | None = None
+
+
+class Measurement(_Model):
+    """What one benchmark measured on one config."""
+
+    method: str
+    metrics: dict[str, Metric] = Field(default_factory=dict)
+    samples: dict[str, list[float]] = Field(default_factory=dict)
+    server: JsonObject | None = None
+    info: JsonObject = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    settings: JsonObject | None = None
+    telemetry_series: JsonObject | None = None
+
+    def metric(self, name: str) -> Metric | None:
+        """A metric by name, or None."""
+        return self.metrics.get(name)
+
+    def add_sample(self, name: str, values: Sequence[float | None], unit: str, better: Better | None, *,
+                   headline: bool = False) -> Metric:
+        """Summarise a sample (n, mean, percentiles, median CI) and keep its raw values (the gate reads them)."""
+        clean = [float(v) for v in values if v is not None]
+        self.samples[name] = [round(v, 6) for v in clean]
+        summary = summarize(clean)
+        self.metrics[name] = Metric(kind="sample", unit=unit, better=better, headline=headline,
+                                    **{f: getattr(summary, f) for f in _SUMMARY_FIELDS})
+        return self.metrics[name]
+
+    def add_value(self, name: str, value: float | None, unit: str, better: Better | None = None, *,
+                  headline: bool = False, ci: tuple[float, float] | None = None, method: str = "",
+                  n: int | None = None) -> Metric:
+        """Add a derived number (rate, ratio, percentage), with its CI when it has one."""
+        self.metrics[name] = Metric(kind="value", value=value, unit=unit, better=better, headline=headline,
+                                    ci_low=ci[0] if ci else None, ci_high=ci[1] if ci else None, method=method,
+                                    n=n)
+        return self.metrics[name]
+
+    def add_ratio(self, name: str, estimate: RatioEstimate, unit: str, better: Better | None, *,
+                  headline: bool = False) -> Metric:
+        """A bootstrap ratio estimate as a metric."""
+        return self.add_value(name, estimate.value, unit, better, headline=headline,
+                              ci=(estimate.ci_low, estimate.ci_high), method=estimate.method,
+                              n=min(estimate.n_numerator, estimate.n_denominator))
+
+    def telemetry(self) -> JsonObject:
+        """This benchmark's telemetry summary and alerts (empty when none was sampled)."""
+        tele = self.info.get("telemetry")
+        return tele if isinstance(tele, dict) else {}
+
+
+class GateVerdict(_Model):
+    """One metric of one config judged OLD -> NEW by the regression gate (gate.py computes it)."""
+
+    config: str
+    metric: str  # TEST.METRIC as stored
+    statistic: str
+    status: str  # regression | ok | not judged | missing | info; only regression fails
+    allowed_pct: float | None = None  # None: shown, not gated
+    unit: str = ""
+    higher_is_better: bool = False
+    old: float | None = None
+    new: float | None = None
+    change_pct: float | None = None
+    ci_low_pct: float | None = None
+    ci_high_pct: float | None = None
+    n_old: int = 0
+    n_new: int = 0
+    significant: bool = False
+    note: str = ""
+    spec: str | None = None
+    runs_old: int = 1  # stored runs judged on each side (several: runs as the unit)
+    runs_new: int = 1
+    method: str = ""  # how the change and its CI were computed (stats.Comparison.method)
+
+    @property
+    def failed(self) -> bool:
+        """True when this verdict fails the gate."""
+        return self.status == "regression"
+
+    def allowed_text(self) -> str:
+        """`+10%` (lower is better) or `-5%` (higher is better); '' when not gated."""
+        if self.allowed_pct is None:
+            return ""
+        return f"{'-' if self.higher_is_better else '+'}{self.allowed_pct:g}%"
+
+    def change_text(self) -> str:
+        """`+30.3% [95% CI +21.0% .. +40.2%]`, or ''."""
+        if self.change_pct is None:
+            return ""
+        ci = "" if self.ci_low_pct is None else f" [95% CI {self.ci_low_pct:+.1f}% .. {self.ci_high_pct:+.1f}%]"
+        return f"{self.change_pct:+.1f}%{ci}"
+
+    def verdict_text(self) -> str:
+        """The status in words, with its reason when nothing could be judged."""
+        if self.status == "regression":
+            return "REGRESSION"
+        if self.status in ("not judged", "missing"):
+            return f"{self.status}: {self.note}"
+        worse = self.change_pct is not None and (self.change_pct < 0) == self.higher_is_better
+        trend = ("no significant change" if not self.significant
+                 else "significantly worse" if worse else "significantly better")
+        if self.status != "ok":
+            return trend
+        return f"ok, {trend} (within {self.allowed_text()})" if self.significant and worse else f"ok, {trend}"
+
+    def message(self) -> str:
+        """One line: metric, old, new, change with its CI, allowed change, verdict."""
+        values = ""
+        if self.old is not None and self.new is not None:
+            values = f" {fmt_number(self.old)} -> {fmt_cell(self.new, self.unit)}"
+        change = f" ({self.change_text()})" if self.change_pct is not None else ""
+        allowed = f", allowed {self.allowed_text()}" if self.allowed_pct is not None else ""
+        return f"{self.config}: {self.metric} {self.statistic}{values}{change}{allowed}: {self.verdict_text()}"
+
+
+
+class GateRecord(_Model):
+    """The regression gate's verdicts on one test (or, in the manifest, on the whole run)."""
+
+    compared_with: str
+    verdicts: list[GateVerdict] = Field(default_factory=list)
+    compared_runs: list[str] = Field(default_factory=list)
+    specs: list[str] = Field(default_factory=list)
+    failed: int | None = None
+
+
+class TestResult(_Model):
+    """One benchmark test of one config: its outcome, measurement, verdicts and the seeds' flat fields."""
+
+    __test__ = False  # not a pytest test class
+    status: str = "unknown"  # passed | failed | error | skipped | xfailed ... (pytest's outcome)
+    message: str | None = None
+    duration_s: float | None = None
+    measurement: Measurement | None = None
+    thresholds: list[Verdict] = Field(default_factory=list)
+    regression_gate: GateRecord | None = None
+    # the seeds' schema (002): KV-cache figures at the test's top level
+    ttft_cache_miss_ms: float | None = None
+    ttft_cache_hit_ms: float | None = None
+    cache_acceleration: float | None = None
+    gain_percentage: float | None = None
+
+    def metric(self, name: str) -> Metric | None:
+        """A metric of this test's measurement, or None."""
+        return self.measurement.metrics.get(name) if self.measurement else None
+
+    def warnings(self) -> list[str]:
+        """The measurement's warnings (none without a measurement)."""
+        return self.measurement.warnings if self.measurement else []
+
+
+class ErrorLine(_Model):
+    """An error recorded against a config, with when it happened."""
+
+    time: str
+    message: str
+
+
+class DeploymentRecord(BaseModel):
+    """How a config was deployed; deployers add their own facts (pid, port, container, command...)."""
+
+    model_config = ConfigDict(extra="allow")
+    status: str = "pending"  # pending | success | failed
+    startup_time_seconds: float | None = None
+    health_check_attempts: int | None = None
+    log_path: str | None = None
+    error: JsonObject | None = None
+    died: JsonObject | None = None
+    teardown_seconds: float | None = None
+    worker: str | None = None
+    gpu_devices: list[str] | None = None
+
+    def extra_facts(self) -> JsonObject:
+        """The deployer-specific fields."""
+        return dict(self.model_extra or {})
+
+
+class ConfigResult(_Model):
+    """One config's stored result (the seeds' schema, extended)."""
+
+    schema_version: int = SCHEMA_VERSION
+    config_name: str
+    timestamp: str
+    status: str = "pending"  # pending | running | complete | failed | interrupted | skipped
+    config_hash: str | None = None
+    config_params: JsonObject = Field(default_factory=dict)
+    config: JsonObject = Field(default_factory=dict)
+    deployment: DeploymentRecord = Field(default_factory=DeploymentRecord)
+    tests: dict[str, TestResult] = Field(default_factory=dict)
+    errors: list[ErrorLine] = Field(default_factory=list)
+    server_version: str | None = None
+    updated: str | None = None
+    wall_seconds: float | None = None
+    skip_reason: str | None = None
+
+    @property
+    def settled(self) -> bool:
+        """True once the config will not change any more (complete, failed, interrupted or skipped)."""
+        return self.status in ("complete", "failed", "interrupted", "skipped")
+
+    def failure(self) -> str | None:
+        """Why this config's figures must not be ranked or recommended, or None."""
+        if self.deployment.status == "failed":
+            message = (self.deployment.error or {}).get("message", "unknown reason")
+            return f"deployment failed: {message}"
+        if self.deployment.died:  # its numbers cover part of the benchmarks only
+            return f"server died during the benchmarks ({self.deployment.died.get('reason')})"
+        if self.status == "interrupted":
+            return "interrupted before it finished"
+        return None
+
+    def verdicts(self) -> list[Verdict]:
+        """Every threshold verdict of every test."""
+        return [v for test in self.tests.values() for v in test.thresholds]
+
+
+class RunManifest(BaseModel):
+    """The run as a whole: grid, versions, hardware, times and status."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_version: int = SCHEMA_VERSION
+    status: str | None = None  # running | complete | interrupted | failed
+    started: str | None = None
+    ended: str | None = None
+    grid_file: str | None = None
+    grid_hash: str | None = None
+    grid_name: str | None = None
+    baseline: str | None = None
+    deployer: str | None = None
+    model: str | None = None
+    configs: dict[str, JsonObject] = Field(default_factory=dict)
+    package_version: str | None = None
+    vllm_version: str | None = None
+    python: str | None = None
+    hardware: JsonObject = Field(default_factory=dict)
+    argv: list[str] = Field(default_factory=list)
+    regression_gate: GateRecord | None = None
