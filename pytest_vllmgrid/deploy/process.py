@@ -29,6 +29,17 @@ BASE_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 STOP_GRACE_S = 15.0
+# The server gets a process group of its own (stop_process_group signals all of it at once; a terminal's
+# Ctrl+C, sent to the foreground group, does not reach it) but stays in the caller's session. A session
+# of its own (start_new_session) is also a scheduler autogroup of its own (kernel.sched_autogroup_enabled,
+# on by default), and there vLLM's CPU engine, which busy-polls on every core during a request (the bound
+# Worker on its shared-memory queue, EngineCore on the Worker's replies, both with sched_yield, which
+# yields only inside its own group), starved the client reading the stream: on the 2-core default job the
+# whole response reached the client in one burst after the last token (client TTFT ~70 ms vs the engine's
+# ~6 ms, 50-100 % burst responses). In the caller's autogroup: within ~1.7 ms, no bursts
+# (perf/streaming_probe.py: variant newsession, the old way, vs default).
+NEW_PROCESS_GROUP: dict[str, Any] = ({"process_group": 0} if sys.version_info >= (3, 11)
+                                     else {"preexec_fn": os.setpgrp})
 
 
 def free_port(host: str = "127.0.0.1", port_range: tuple[int, int] | None = None) -> int:
@@ -123,7 +134,7 @@ class ProcessDeployer:
             log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
             log.flush()
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=self.environment(config), start_new_session=True, cwd=workdir)
+                                    env=self.environment(config), cwd=workdir, **NEW_PROCESS_GROUP)
         owned = OwnedProcesses(self.options.state_dir)
         owned.record(proc.pid, argv, config.name)
 
