@@ -2,8 +2,9 @@
 
 Each conversation appends the server's real replies, so every turn's prompt extends the previous one:
 with prefix caching the history should be served from the cache (the server's hit rate over the run
-is stored), without it every turn prefills the whole history again. Degradation compares the TTFT of
-the last turns with the first turns, pooled over conversations, with a bootstrap CI.
+is stored), without it every turn prefills the whole history again. Degradation compares, inside each
+conversation, the TTFT of its last turns with its first turns; the conversation is the unit of its CI
+(designs.unit_change_pct), so drift between conversations cannot inflate it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 from pytest_vllmgrid.bench import BenchContext, MetricsWindow, add_request_samples
 from pytest_vllmgrid.client import ChatClient, RequestRecord
 from pytest_vllmgrid.measurement import LOWER, Measurement
-from pytest_vllmgrid.stats import ratio_ci, trend_pct
+from pytest_vllmgrid.designs import LOG_T_METHOD, unit_change_pct
+from pytest_vllmgrid.stats import trend_pct
 from pytest_vllmgrid.workloads import conversation, fresh_nonce
 
 TREND_TURNS = 3  # turns in each of the first/last windows compared
@@ -59,8 +61,8 @@ def test_long_conversation(vllm_bench: BenchContext) -> None:
         f"{s.conversations} conversation(s) of {s.conversation_turns} turns after a discarded {s.warmup}-turn "
         f"warm-up conversation; ~{s.conversation_system_tokens}-token system prompt, ~{s.conversation_user_tokens}"
         f"-token user turns, the real replies appended, max_tokens {s.conversation_max_tokens}, temperature 0; "
-        f"degradation = median TTFT of the last {TREND_TURNS} turns / median of the first {TREND_TURNS} turns - 1, "
-        "pooled over conversations, bootstrap CI"))
+        f"degradation per conversation = median TTFT of its last {TREND_TURNS} turns / median of its first "
+        f"{TREND_TURNS} turns; the conversation is the unit (n = conversations)"))
     ok = add_request_samples(m, records, window)
     by_turn = [[run[t].ttft * 1000 for run in runs if t < len(run) and run[t].ok and run[t].ttft is not None]
                for t in range(s.conversation_turns)]
@@ -69,12 +71,15 @@ def test_long_conversation(vllm_bench: BenchContext) -> None:
     last = [v for values in by_turn[-window_turns:] for v in values]
     m.add_sample("first_turns_ttft_ms", first, "ms", LOWER)
     m.add_sample("last_turns_ttft_ms", last, "ms", LOWER)
-    if first and last:
-        ratio = ratio_ci(last, first)
-        m.add_value("degradation_pct", (ratio.value - 1) * 100, "%", LOWER, headline=True,
-                    ci=((ratio.ci_low - 1) * 100, (ratio.ci_high - 1) * 100), method=ratio.method, n=len(last))
+    per_conversation = [statistics.median(late) / statistics.median(early) for early, late in (
+        ([r.ttft for r in run[:window_turns] if r.ok and r.ttft], [r.ttft for r in run[-window_turns:] if r.ok and r.ttft])
+        for run in runs if len(run) == s.conversation_turns) if early and late]
+    if per_conversation:
+        change, ci = unit_change_pct(per_conversation)
+        m.add_value("degradation_pct", change, "%", LOWER, headline=True, ci=ci, n=len(per_conversation),
+                    method=f"per conversation: median TTFT of its last / first {window_turns} turns; {LOG_T_METHOD}")
     rate = window.delta.prefix_cache_hit_rate if window.delta is not None else None
-    m.add_value("server_hit_rate_pct", None if rate is None else rate * 100, "%", None,
+    m.add_value("server_hit_rate_pct", None if rate is None else rate * 100, "%", None, exact=True,
                 method="server counters vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total over the run")
     m.info.update(
         turn_ttft_ms=[[r.ttft * 1000 if r.ok and r.ttft is not None else None for r in run] for run in runs],

@@ -1,8 +1,8 @@
 """Stability over a run of sequential requests alternating short and long prompts: drift, errors, timeouts.
 
-Short and long prompts have very different TTFTs, so the trend is taken on each TTFT divided by the
-median TTFT of its own kind: degradation compares the last requests with the first ones on that
-normalised series, and the slope is its least-squares drift in % of the median per request.
+Short and long prompts have very different TTFTs, so the slope is taken on each TTFT divided by the
+median TTFT of its own kind (least squares, % of the median per request), and degradation pairs each
+request of the first half with the same-kind request half a run later: the pair is the unit of its CI.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Awaitable
 from pytest_vllmgrid.bench import BenchContext, add_request_samples
 from pytest_vllmgrid.client import ChatClient, RequestRecord
 from pytest_vllmgrid.measurement import LOWER, Measurement
-from pytest_vllmgrid.stats import linear_slope, ratio_ci, trend_pct
+from pytest_vllmgrid.designs import LOG_T_METHOD, early_late_pairs, unit_change_pct
+from pytest_vllmgrid.stats import linear_slope, trend_pct
 from pytest_vllmgrid.workloads import fresh_nonce, text_of_tokens
 
 TREND_REQUESTS = 4  # requests in each of the first/last windows: two short and two long
@@ -36,8 +37,8 @@ def test_stability(vllm_bench: BenchContext) -> None:
     m = Measurement(method=(
         f"{len(records)} sequential streamed requests after {s.warmup} discarded ones, alternating fresh "
         f"~{s.short_prompt_tokens}- and ~{s.long_prompt_tokens}-token prompts, max_tokens {s.stability_max_tokens}, "
-        f"temperature 0; each TTFT is divided by its kind's median; degradation = median of the last "
-        f"{TREND_REQUESTS} / median of the first {TREND_REQUESTS} - 1; slope = least squares, % per request"))
+        f"temperature 0; degradation: the pair (an early request with the same-kind request half a run later) is "
+        f"the unit; slope = least squares of each TTFT / its kind's median, % per request"))
     ok = add_request_samples(m, records, window)
     ttft = {kind: [r.ttft * 1000 for r, k in zip(records, kinds, strict=True)
                    if k == kind and r.ok and r.ttft is not None] for kind in sizes}
@@ -46,15 +47,13 @@ def test_stability(vllm_bench: BenchContext) -> None:
     medians = {kind: statistics.median(values) for kind, values in ttft.items() if values}
     normalised = [r.ttft * 1000 / medians[k] for r, k in zip(records, kinds, strict=True)
                   if r.ok and r.ttft is not None and medians.get(k)]
-    degradation = trend_pct(normalised, head=TREND_REQUESTS, tail=TREND_REQUESTS)
     slope = linear_slope(normalised)
-    window_n = max(1, min(TREND_REQUESTS, len(normalised) // 2))
-    ci = None
-    if degradation is not None:
-        ratio = ratio_ci(normalised[-window_n:], normalised[:window_n])
-        ci = ((ratio.ci_low - 1) * 100, (ratio.ci_high - 1) * 100)
-    m.add_value("degradation_pct", degradation, "%", LOWER, headline=True, ci=ci, n=len(normalised),
-                method="stats.trend_pct of the normalised series; CI: bootstrap of the same median ratio")
+    good = [(r.ttft * 1000, k) for r, k in zip(records, kinds, strict=True) if r.ok and r.ttft is not None]
+    pairs = early_late_pairs([v for v, _ in good], [k for _, k in good])
+    degradation, ci = unit_change_pct(pairs) if pairs else (None, None)
+    m.add_value("degradation_pct", degradation, "%", LOWER, headline=True, ci=ci, n=len(pairs),
+                method=f"late / early TTFT of requests paired by kind and position (i-th of a kind in the first half "
+                       f"with the i-th in the second half); {LOG_T_METHOD}")
     m.add_value("ttft_slope_pct_per_request", None if slope is None else slope * 100, "%/request", LOWER,
                 n=len(normalised))
     m.add_value("timeouts", sum(1 for r in records if r.error and r.error.kind == "timeout"), "requests", LOWER,

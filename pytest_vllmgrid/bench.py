@@ -20,8 +20,8 @@ from pytest_vllmgrid.grid import ServerConfig
 from pytest_vllmgrid.load import run_event_loop
 from pytest_vllmgrid.measurement import LOWER, Measurement
 from pytest_vllmgrid.server_metrics import MetricsSnapshot, MetricsUnavailable, ServerDelta, diff, fetch_metrics
-from pytest_vllmgrid.judge import failures, judge_test
-from pytest_vllmgrid.results.models import JsonObject, Metric, TestResult, Verdict
+from pytest_vllmgrid.judge import NotConclusive, assess, failures, judge_test, unsure
+from pytest_vllmgrid.results.models import JsonObject, TestResult, Verdict, json_object
 from pytest_vllmgrid.thresholds import Thresholds
 from pytest_vllmgrid.telemetry import TelemetryWarning
 from pytest_vllmgrid.telemetry import AlertThresholds, TelemetrySampler, TelemetrySeries, measurement_telemetry
@@ -50,7 +50,11 @@ class BenchSettings(BaseModel):
     max_tokens: int = Field(32, ge=1)
     # KV cache
     prefix_tokens: int = Field(1300, ge=16)
-    kv_repetitions: int = Field(8, ge=2)
+    kv_repetitions: int | None = Field(None, ge=2, description="minimum MISS/HIT pairs (default: repetitions)")
+    kv_max_pairs: int = Field(40, ge=2, description="pairs added at geometric checkpoints up to this many")
+    kv_ci_target_pct: float = Field(5.0, gt=0, description="stop adding pairs once the acceleration CI "
+                                    "half-width is at most this % of its median")
+    kv_budget_s: float = Field(60.0, gt=0, description="stop adding pairs after this many seconds")
     kv_max_tokens: int = Field(4, ge=1)
     # throughput
     concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16])
@@ -126,7 +130,7 @@ class BenchContext:
     alert_thresholds: AlertThresholds | None = None
     thresholds: Thresholds | None = None
     test_key: str = ""
-    baseline_metrics: Callable[[], Mapping[str, Metric] | None] = lambda: None
+    baseline: Callable[[], Measurement | None] = lambda: None  # the baseline config's same test
     fail_on_gpu_alerts: bool = False
     http: httpx.Client | None = None  # the deployment's kept-alive control client (None: one per call)
     _token_cache: dict[str, int] = field(default_factory=dict)
@@ -217,7 +221,7 @@ class BenchContext:
         """Attach server deltas and GPU telemetry and hand the test's record to the fixture, which stores it
         once the test's outcome is known (`legacy`: the seeds' flat fields)."""
         if window is not None:
-            measurement.server = window.delta.to_dict() if window.delta is not None else None
+            measurement.server = json_object(window.delta.to_dict()) if window.delta is not None else None
             if window.error:
                 measurement.warnings.append(f"server /metrics unavailable: {window.error}")
         series = self.stop_telemetry()
@@ -225,26 +229,31 @@ class BenchContext:
             tele = measurement_telemetry(series, self.alert_thresholds)
             if not series.available:
                 tele["unavailable"] = series.reason
-            measurement.info["telemetry"] = tele
+            measurement.info["telemetry"] = json_object(tele)
             measurement.warnings += [f"GPU alert: {a['message']}" for a in tele["alerts"]]
             for alert in tele["alerts"]:  # shown in pytest's warnings summary on the terminal
                 warnings.warn(TelemetryWarning(f"{self.config.name}: {alert['message']}"), stacklevel=2)
             if series.available:
-                measurement.telemetry_series = series.to_dict()
+                measurement.telemetry_series = json_object(series.to_dict())
         measurement.settings = self.settings.model_dump()
         test = TestResult(measurement=measurement, **(legacy or {}))
+        assess(test)
         self.record(test)
         self._stored = test
         return test
 
     def check_thresholds(self) -> list[Verdict]:
-        """Judge the measurement against the thresholds file; fail with every broken bound."""
+        """Judge the measurement against the thresholds file: fail with every bound its CI broke; raise
+        NotConclusive when nothing failed but a bound or a headline figure could not decide."""
         assert self._stored is not None, "call finish() before check_thresholds()"
         verdicts = judge_test(self._stored, self.test_key, self.thresholds, self.config.name, self.config.params,
-                              self.config.is_baseline, self.baseline_metrics())
+                              self.config.is_baseline, self.baseline())
         failed = failures(self._stored, fail_on_gpu_alerts=self.fail_on_gpu_alerts)
         if failed:
             raise AssertionError(f"{self.config.name}: " + "; ".join(failed))
+        reasons = unsure(self._stored)
+        if reasons:
+            raise NotConclusive(f"{self.config.name}: " + "; ".join(reasons))
         return verdicts
 
     def stop_telemetry(self) -> TelemetrySeries | None:

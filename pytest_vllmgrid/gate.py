@@ -4,7 +4,7 @@ A spec fails a config only when the stored metric got worse by more than PCT *an
 relative change excludes zero on the bad side. One run per side: bootstrap of the requests
 (stats.compare; blind to run-to-run variance). Several runs on a side: the run is the unit
 (stats.compare_runs_level, a t interval on the log of each run's statistic). Pure functions return
-verdicts; `configure_gate` / `check_regression` are the thin pytest glue plugin.py calls.
+verdicts; the pytest glue (configure_gate, check_regression...) lives in plugin.py.
 """
 
 from __future__ import annotations
@@ -344,7 +344,7 @@ def _is_headline_sample(test: TestResult, name: str) -> bool:
     return metric is not None and metric.headline and metric.kind == "sample"
 
 
-# ---- pytest glue (plugin.py calls these) -------------------------------------------------------
+# ---- the run's gate (plugin.py holds it on the session) -------------------------------------------
 
 @dataclass
 class RegressionGate:

@@ -24,7 +24,7 @@ def benchmark_extras(test: TestResult | None, config_name: str, test_key: str) -
     measurement = test.measurement if test is not None else None
     if measurement is None:
         return []
-    fragment = f"<div>{metrics_table_html({k: m.model_dump() for k, m in measurement.metrics.items()})}"
+    fragment = f"<div>{metrics_table_html(measurement.metrics)}"
     gate = test.regression_gate
     fragment += (gate_html(gate.verdicts, gate.compared_with) if gate else "") + "</div>"
     out = [extras.html(fragment)]

@@ -10,6 +10,7 @@ import pytest
 from pytest_vllmgrid import gate
 from pytest_vllmgrid.load import interrupt_running_loop
 from pytest_vllmgrid.progress import config_of_nodeid
+from pytest_vllmgrid.judge import NotConclusive
 from pytest_vllmgrid.results import ResultsStore, result_key
 from pytest_vllmgrid.session import STASH_KEY, GridSession, item_config
 
@@ -22,6 +23,10 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
     (["--results-dir", "--vllm-results-dir"], "vllm_results_dir",
      "where results and reports go (default results/<timestamp>/ under the rootdir)", {}),
     (["--vllm-model"], "vllm_model", "override the grid's model (path or id)", {}),
+    (["--vllm-inconclusive"], "vllm_inconclusive", "what a benchmark whose figures could not decide "
+     "(inconclusive: the 95%% CI straddles a bound; invalid: the method's precondition failed) becomes: "
+     "xfail (default: shown as x with the reason, the run passes) or fail (a CI gate)",
+     {"choices": ["xfail", "fail"], "default": None}),
     (["--vllm-baseline"], "vllm_baseline", "override the grid's baseline config name", {}),
     (["--vllm-deployer"], "vllm_deployer", "override the grid's deployer: process, compose, endpoint or a kind "
      "of a plugin's pytest_vllmgrid_deployer_kinds hook", {}),
@@ -105,6 +110,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vllm_benchmark(name): a benchmark measured against each grid config")
     for _, dest, _, _ in _OPTIONS:  # fold ini values into the option namespace: one lookup everywhere
         setattr(config.option, dest, _getopt(config, dest))
+    policy = config.getoption("vllm_inconclusive")
+    if policy not in (None, "xfail", "fail"):
+        raise pytest.UsageError(f"ini vllm_inconclusive = {policy!r}: allowed values: xfail, fail")
     gs = config.stash[STASH_KEY] = GridSession(config)
     configure_gate(config)
     if config.getoption("htmlpath", None):
@@ -275,11 +283,20 @@ def _deselect_completed(config: pytest.Config, gs, items: list[pytest.Item]) -> 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
-    """After a benchmark passed, fail it when --vllm-compare finds a significant regression."""
-    result = yield
+    """After a benchmark ran, fail it when --vllm-compare finds a significant regression; a benchmark whose
+    figures could not decide is never a pass: xfail with the reason, or a failure (--vllm-inconclusive fail)."""
+    unsure: NotConclusive | None = None
+    try:
+        result = yield
+    except NotConclusive as exc:
+        unsure, result = exc, None
     cfg = item_config(item)
     if cfg is not None:
         check_regression(item.config, cfg.name, result_key(item))
+    if unsure is not None:
+        if (item.config.getoption("vllm_inconclusive") or "xfail") == "fail":
+            pytest.fail(f"not conclusive: {unsure}", pytrace=False)
+        pytest.xfail(f"not conclusive: {unsure}")
     return result
 
 
@@ -298,7 +315,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         report.user_properties.append(("vllmgrid_deploy", {
             "startup_time_seconds": round(run.deployment.startup_seconds, 1)}))
     if report.when == "call" or (report.when == "setup" and not report.passed):
-        status = "passed" if report.passed else ("skipped" if report.skipped else
+        status = "passed" if report.passed else ("inconclusive" if hasattr(report, "wasxfail") else
+                                                 "skipped" if report.skipped else
                                                  ("failed" if report.when == "call" else "error"))
         message = None if report.passed else _one_line(report)
         gs.record_outcome(cfg.name, result_key(item), status, message, report.duration)
@@ -311,6 +329,8 @@ def _one_line(report: pytest.TestReport) -> str:
     longrepr = report.longrepr
     if hasattr(longrepr, "reprcrash") and longrepr.reprcrash is not None:
         return (longrepr.reprcrash.message.strip().splitlines() or [""])[0]
+    if getattr(report, "wasxfail", None):  # a benchmark whose figures could not decide
+        return str(report.wasxfail)
     if isinstance(longrepr, tuple):  # skipped: (path, line, reason)
         return str(longrepr[-1])
     return str(longrepr).strip().splitlines()[-1] if longrepr else ""

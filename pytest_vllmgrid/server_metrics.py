@@ -6,12 +6,14 @@ import math
 import re
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+
+from pytest_vllmgrid.stats import JsonRecord
 
 # First name present wins: vLLM renamed the V1 prefix-cache counters (gpu_ prefix dropped).
 PREFIX_CACHE_QUERIES = ("vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries")
@@ -367,7 +369,7 @@ class HistogramDelta:
 
 
 @dataclass
-class ServerDelta:
+class ServerDelta(JsonRecord):
     """What the server counted between two scrapes; None where this vLLM lacks the metric."""
 
     interval_s: float
@@ -386,10 +388,6 @@ class ServerDelta:
     queue_time: HistogramDelta | None
     counter_reset: bool = False
     reset_evidence: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
-        return asdict(self)
 
 
 def _first_present(snapshot: MetricsSnapshot, names: tuple[str, ...]) -> str | None:

@@ -27,7 +27,7 @@ from pytest_vllmgrid.progress import Progress, config_of_nodeid
 from pytest_vllmgrid.telemetry import AlertThresholds
 from pytest_vllmgrid.thresholds import ThresholdError, Thresholds, load_thresholds
 from pytest_vllmgrid.judge import goal_met
-from pytest_vllmgrid.results import (SCHEMA_VERSION, ConfigResult, DeploymentRecord, ErrorLine, Metric, ResultsStore,
+from pytest_vllmgrid.results import (SCHEMA_VERSION, ConfigResult, DeploymentRecord, ErrorLine, Measurement, ResultsStore,
                                      TestResult, now_iso)
 
 if TYPE_CHECKING:
@@ -338,8 +338,8 @@ class GridSession:
                 raise pytest.UsageError(str(exc)) from None
         return self._thresholds
 
-    def baseline_metrics(self, test_key: str) -> dict[str, Metric] | None:
-        """The baseline config's stored metrics for a test (this run, or --vllm-baseline-run DIR).
+    def baseline_measurement(self, test_key: str) -> Measurement | None:
+        """The baseline config's stored measurement of a test (this run, or --vllm-baseline-run DIR).
 
         Under pytest-xdist the baseline may still be running on another worker: wait for its result
         (bounded), but only once its file exists — a baseline not yet started could be queued behind
@@ -352,10 +352,10 @@ class GridSession:
         while True:
             result = store.load_config(name)
             test = result.tests.get(test_key) if result is not None else None
-            metrics = test.measurement.metrics if test is not None and test.measurement is not None else None
+            measurement = test.measurement if test is not None else None
             final = result is None or result.settled
-            if metrics is not None or final or time.monotonic() > deadline:
-                return metrics
+            if measurement is not None or final or time.monotonic() > deadline:
+                return measurement
             time.sleep(1.0)
 
     def record_outcome(self, cfg_name: str, test_key: str, outcome: str, message: str | None,

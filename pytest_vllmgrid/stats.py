@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pydantic import JsonValue
 
 PERCENTILE_METHOD = "linear"
 DEFAULT_CONFIDENCE = 0.95
@@ -22,6 +25,17 @@ _MAX_MATRIX_ELEMENTS = 4_000_000
 
 Statistic = Callable[..., Any]
 """A numpy reducer accepting ``axis=`` (np.median, np.mean, a percentile from `statistic_named`)."""
+
+
+class JsonRecord:
+    """Base of a dataclass whose fields are all JSON-safe, stored in results: `to_dict` is `asdict`.
+
+    The records here and `server_metrics.ServerDelta` share it.
+    """
+
+    def to_dict(self) -> dict[str, JsonValue]:
+        """Return a JSON-ready dict with one key per field."""
+        return asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
 
 
 def _as_sample(values: Sequence[float] | np.ndarray, what: str = "values") -> np.ndarray:
@@ -117,7 +131,7 @@ def bootstrap_ci(
 
 
 @dataclass
-class Summary:
+class Summary(JsonRecord):
     """Descriptive statistics of one metric's sample, with a bootstrap CI of its median."""
 
     n: int
@@ -132,10 +146,6 @@ class Summary:
     ci_low: float | None
     ci_high: float | None
     method: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict with one key per field."""
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Summary:
@@ -181,7 +191,7 @@ def summarize(
 
 
 @dataclass
-class RatioEstimate:
+class RatioEstimate(JsonRecord):
     """A ratio of two sample statistics with its bootstrap confidence interval."""
 
     value: float
@@ -190,10 +200,6 @@ class RatioEstimate:
     n_numerator: int
     n_denominator: int
     method: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict with one key per field."""
-        return asdict(self)
 
 
 def _bootstrap_ratio(
@@ -243,7 +249,7 @@ def ratio_ci(
 
 
 @dataclass
-class Comparison:
+class Comparison(JsonRecord):
     """Verdict of `compare`: a statistic's relative change from baseline to candidate."""
 
     statistic: str
@@ -260,10 +266,6 @@ class Comparison:
     n_new: int
     message: str
     method: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict with one key per field."""
-        return asdict(self)
 
 
 def compare(
@@ -296,7 +298,38 @@ def compare(
     ratio, distribution = _bootstrap_ratio(new, old, reducer, n_resamples, seed)
     change_pct = (ratio - 1.0) * 100.0
     low, high = _interval((distribution - 1.0) * 100.0, confidence)
-    enough = min(old.size, new.size) >= MIN_SAMPLES_FOR_SIGNIFICANCE
+    return _judged(
+        statistic, float(reducer(old)), float(reducer(new)), change_pct, low, high,
+        higher_is_better=higher_is_better, allowed_pct=allowed_pct, confidence=confidence,
+        enough=min(old.size, new.size) >= MIN_SAMPLES_FOR_SIGNIFICANCE,
+        n_old=int(old.size),
+        n_new=int(new.size),
+        method=_method(f"{statistic} relative change", confidence, n_resamples, seed),
+    )
+
+
+def _judged(
+    statistic: str,
+    old: float,
+    new: float,
+    change_pct: float,
+    low: float,
+    high: float,
+    *,
+    higher_is_better: bool,
+    allowed_pct: float,
+    confidence: float,
+    enough: bool,
+    n_old: int,
+    n_new: int,
+    method: str,
+    note: str = "",
+) -> Comparison:
+    """The verdict on an estimated change (`low` .. `high`: its CI in %), as `compare` documents it.
+
+    `compare` and `compare_runs_level` differ only in how they estimate; `enough` says whether there
+    were enough samples to judge at all, and `note` is appended to the message.
+    """
     significant = enough and (low > 0.0 or high < 0.0)
     if higher_is_better:
         bad_by_more_than_allowed = change_pct < -allowed_pct
@@ -305,49 +338,6 @@ def compare(
         bad_by_more_than_allowed = change_pct > allowed_pct
         bad_side_excludes_zero = low > 0.0
     regression = enough and bad_by_more_than_allowed and bad_side_excludes_zero
-    message = _comparison_message(
-        statistic,
-        change_pct,
-        low,
-        high,
-        confidence,
-        allowed_pct,
-        higher_is_better,
-        regression,
-        significant,
-        enough,
-    )
-    return Comparison(
-        statistic=statistic,
-        old=float(reducer(old)),
-        new=float(reducer(new)),
-        change_pct=change_pct,
-        ci_low_pct=low,
-        ci_high_pct=high,
-        allowed_pct=allowed_pct,
-        higher_is_better=higher_is_better,
-        significant=significant,
-        regression=regression,
-        n_old=int(old.size),
-        n_new=int(new.size),
-        message=message,
-        method=_method(f"{statistic} relative change", confidence, n_resamples, seed),
-    )
-
-
-def _comparison_message(
-    statistic: str,
-    change_pct: float,
-    low: float,
-    high: float,
-    confidence: float,
-    allowed_pct: float,
-    higher_is_better: bool,
-    regression: bool,
-    significant: bool,
-    enough: bool,
-) -> str:
-    """Render a one-line verdict such as 'p50 +31.2% (95% CI +18.0% .. +45.1%) ...'."""
     bound = f"-{allowed_pct:g}%" if higher_is_better else f"+{allowed_pct:g}%"
     head = f"{statistic} {change_pct:+.1f}% ({confidence:.0%} CI {low:+.1f}% .. {high:+.1f}%)"
     if regression:
@@ -361,7 +351,14 @@ def _comparison_message(
         )
     else:
         verdict = "no significant change"
-    return f"{head}: {verdict}"
+    return Comparison(
+        statistic=statistic, old=old, new=new,
+        change_pct=change_pct, ci_low_pct=low, ci_high_pct=high,
+        allowed_pct=allowed_pct, higher_is_better=higher_is_better,
+        significant=significant, regression=regression,
+        n_old=n_old, n_new=n_new,
+        message=f"{head}: {verdict}{note}", method=method,
+    )
 
 
 def trend_pct(values: Sequence[float] | np.ndarray, head: int = 3, tail: int = 3) -> float | None:
@@ -451,8 +448,8 @@ def compare_runs_level(
     higher_is_better: bool,
     allowed_pct: float,
     confidence: float = DEFAULT_CONFIDENCE,
-    n_resamples: int = DEFAULT_RESAMPLES,
-    seed: int = DEFAULT_SEED,
+    n_resamples: int = DEFAULT_RESAMPLES,  # n_resamples and seed serve only the one-run-per-side
+    seed: int = DEFAULT_SEED,  # fallback to `compare`'s bootstrap; the t interval needs neither
 ) -> Comparison:
     """Judge several stored runs per side with the run as the unit (between-run variance included).
 
@@ -503,28 +500,14 @@ def compare_runs_level(
     half = t_quantile(1.0 - (1.0 - confidence) / 2.0, df) * se
     change_pct = math.expm1(diff) * 100.0
     low, high = math.expm1(diff - half) * 100.0, math.expm1(diff + half) * 100.0
-    enough = min(run.size for run in olds + news) >= MIN_SAMPLES_FOR_SIGNIFICANCE
-    significant = enough and (low > 0.0 or high < 0.0)
-    bad_by_more_than_allowed = change_pct < -allowed_pct if higher_is_better else change_pct > allowed_pct
-    bad_side_excludes_zero = high < 0.0 if higher_is_better else low > 0.0
-    regression = enough and bad_by_more_than_allowed and bad_side_excludes_zero
-    message = _comparison_message(statistic, change_pct, low, high, confidence, allowed_pct, higher_is_better,
-                                  regression, significant, enough)
-    return Comparison(
-        statistic=statistic,
-        old=float(np.exp(log_old.mean())),
-        new=float(np.exp(log_new.mean())),
-        change_pct=change_pct,
-        ci_low_pct=low,
-        ci_high_pct=high,
-        allowed_pct=allowed_pct,
-        higher_is_better=higher_is_better,
-        significant=significant,
-        regression=regression,
+    return _judged(
+        statistic, float(np.exp(log_old.mean())), float(np.exp(log_new.mean())), change_pct, low, high,
+        higher_is_better=higher_is_better, allowed_pct=allowed_pct, confidence=confidence,
+        enough=min(run.size for run in olds + news) >= MIN_SAMPLES_FOR_SIGNIFICANCE,
         n_old=int(sum(run.size for run in olds)),
         n_new=int(sum(run.size for run in news)),
-        message=message + f" ({n_o} vs {n_n} runs, runs as the unit)",
         method=(f"runs as the unit: {statistic} of each run, change of their geometric mean, {confidence:.0%} "
                 f"{how} on log {statistic} per run ({n_o} vs {n_n} runs, df {df:.1f}); percentiles numpy "
                 f"'{PERCENTILE_METHOD}'"),
+        note=f" ({n_o} vs {n_n} runs, runs as the unit)",
     )

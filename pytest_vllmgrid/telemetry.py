@@ -16,7 +16,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: nothing but the stdlib is imported at run time
+    from pydantic import JsonValue
 
 SCHEMA_VERSION = 1
 MIB = 1024 * 1024
@@ -134,7 +137,7 @@ class TelemetrySeries:
         kept = [s for s in self.samples if start_s <= s.t <= end_s]
         return replace(self, samples=kept, notes=list(self.notes))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         """Compact JSON-safe form: one row per sample, `[t, [device 0 values], ...]`."""
         started_iso = (
             datetime.fromtimestamp(self.started_at, timezone.utc).isoformat(timespec="milliseconds")
@@ -638,7 +641,7 @@ class Alert:
     threshold: float
     message: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         """JSON-safe form."""
         return asdict(self)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from jsonschema.validators import validator_for
+
+if TYPE_CHECKING:
+    from pydantic import JsonValue
 
 # Ordinary lower-case English words, each a single token (after a space) in the tiny model's
 # byte-level BPE trained on Python stdlib sources, and short in GPT/Qwen-style tokenizers too.
@@ -258,12 +261,41 @@ class ToolScenario:
     expected_function: str
 
 
-def _function(name: str, description: str, parameters: dict[str, Any]) -> dict[str, Any]:
-    """Return an OpenAI tool entry of type function."""
+def _function(
+    name: str,
+    description: str,
+    properties: dict[str, JsonValue],
+    *,
+    required: Sequence[str] = (),
+    **schema: JsonValue,
+) -> dict[str, JsonValue]:
+    """Return an OpenAI tool entry of type function; its parameters are an `_object` schema."""
     return {
         "type": "function",
-        "function": {"name": name, "description": description, "parameters": parameters},
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": _object(properties, required=required, **schema),
+        },
     }
+
+
+def _object(
+    properties: dict[str, JsonValue], *, required: Sequence[str] = (), **schema: JsonValue
+) -> dict[str, JsonValue]:
+    """Return a JSON Schema object: its properties, the required ones (if any), then `schema` keys.
+
+    The key order is part of the prompt (chat templates render tools as JSON), so it stays fixed.
+    """
+    required_part = {"required": list(required)} if required else {}
+    return {"type": "object", "properties": properties, **required_part, **schema}
+
+
+def _string(description: str | None = None) -> dict[str, JsonValue]:
+    """Return a JSON Schema string, with its description when given."""
+    if description is None:
+        return {"type": "string"}
+    return {"type": "string", "description": description}
 
 
 _SYSTEM = {"role": "system", "content": "You are an assistant that answers by calling tools."}
@@ -272,80 +304,50 @@ GET_WEATHER = _function(
     "get_weather",
     "Get the current weather in a city.",
     {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "description": "City name, e.g. Lisbon"},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city"],
-        "additionalProperties": False,
+        "city": _string("City name, e.g. Lisbon"),
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
     },
+    required=["city"],
+    additionalProperties=False,
 )
-GET_CURRENT_TIME = _function(
-    "get_current_time",
-    "Get the server's current date and time.",
-    {"type": "object", "properties": {}},
-)
+GET_CURRENT_TIME = _function("get_current_time", "Get the server's current date and time.", {})
 SEARCH_FLIGHTS = _function(
     "search_flights",
     "Search flights between two airports on a date.",
     {
-        "type": "object",
-        "properties": {
-            "origin": {"type": "string", "description": "IATA code"},
-            "destination": {"type": "string", "description": "IATA code"},
-            "date": {"type": "string", "description": "YYYY-MM-DD"},
-        },
-        "required": ["origin", "destination", "date"],
+        "origin": _string("IATA code"),
+        "destination": _string("IATA code"),
+        "date": _string("YYYY-MM-DD"),
     },
+    required=["origin", "destination", "date"],
 )
 BOOK_FLIGHT = _function(
     "book_flight",
     "Book a flight found by search_flights for one passenger.",
-    {
-        "type": "object",
-        "properties": {
-            "flight_id": {"type": "string"},
-            "passenger_name": {"type": "string"},
-        },
-        "required": ["flight_id", "passenger_name"],
-    },
+    {"flight_id": _string(), "passenger_name": _string()},
+    required=["flight_id", "passenger_name"],
 )
 CREATE_EVENT = _function(
     "create_calendar_event",
     "Create a calendar event and invite attendees.",
     {
-        "type": "object",
-        "properties": {
-            "title": {"type": "string", "minLength": 1},
-            "start": {"type": "string", "description": "ISO 8601 date-time"},
-            "duration_minutes": {"type": "integer", "minimum": 1, "maximum": 1440},
-            "attendees": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "properties": {"name": {"type": "string"}, "email": {"type": "string"}},
-                    "required": ["email"],
-                },
-            },
-            "reminders_minutes": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "title": {"type": "string", "minLength": 1},
+        "start": _string("ISO 8601 date-time"),
+        "duration_minutes": {"type": "integer", "minimum": 1, "maximum": 1440},
+        "attendees": {
+            "type": "array",
+            "minItems": 1,
+            "items": _object({"name": _string(), "email": _string()}, required=["email"]),
         },
-        "required": ["title", "start", "duration_minutes", "attendees"],
+        "reminders_minutes": {"type": "array", "items": {"type": "integer", "minimum": 0}},
     },
+    required=["title", "start", "duration_minutes", "attendees"],
 )
 SEND_EMAIL = _function(
     "send_email",
     "Send an email.",
-    {
-        "type": "object",
-        "properties": {
-            "to": {"type": "string"},
-            "subject": {"type": "string"},
-            "body": {"type": "string"},
-        },
-        "required": ["to", "subject", "body"],
-    },
+    {"to": _string(), "subject": _string(), "body": _string()},
+    required=["to", "subject", "body"],
 )
 
 _FLIGHTS_FOUND = [

@@ -21,7 +21,7 @@ from reliability import Case, reliability_case
 pytestmark = pytest.mark.timeout(180)
 
 TESTS = ("ttft[short]", "ttft[long]")
-QUICK = ("--vllm-repetitions", "1", "--vllm-warmup", "0")  # fewer requests where each one waits on a timeout
+QUICK = ("--vllm-repetitions", "3", "--vllm-warmup", "0")  # few requests where each waits on a timeout; 3: the fewest a figure may rest on (judge.MIN_SAMPLES)
 TTFT_MAX_500 = "thresholds:\n  ttft.ttft_ms: {max: 500}\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from conftest import REPO, fake_grid
 from test_gate import latencies, store_run, throughput_measurement, ttft_measurement
 from pytest_vllmgrid.measurement import LOWER, Measurement
 from pytest_vllmgrid.results import TestResult
-from pytest_vllmgrid.report import build_report, write_reports
+from pytest_vllmgrid.report import Report, build_report, write_reports
 from pytest_vllmgrid.report.html import markdown_fragment_html, render_store_html
 from pytest_vllmgrid.report.plots import (kv_cache_png, latency_distributions_png, measurement_png, merged_telemetry,
                                           report_plots, telemetry_png, throughput_png, ttft_png, turn_ttft_png)
@@ -74,6 +75,17 @@ def test_report_html_is_written_beside_the_markdown(full_run) -> None:
     paths = write_reports(full_run)
     assert paths["html"] == full_run.root / "report.html" and paths["html"].is_file()
     assert paths["markdown"].is_file() and paths["json"].is_file()
+
+
+def test_report_json_is_the_reports_dump_and_reads_back_as_one(full_run) -> None:
+    report = build_report(full_run)
+    data = json.loads(write_reports(full_run)["json"].read_text())
+    assert data == report.model_dump(mode="json") and Report.model_validate(data) == report
+    assert "extensions" not in data  # only when a report hook returned something
+    baseline = next(row for row in data["configs"] if row["name"] == data["baseline"])
+    assert not any("vs_baseline_pct" in m or "vs_baseline_ci_pct" in m for m in baseline["metrics"].values())
+    other = next(row for row in data["configs"] if row["name"] != data["baseline"])
+    assert len(other["metrics"]["ttft[short].ttft_ms"]["vs_baseline_ci_pct"]) == 2
 
 
 def test_report_html_is_self_contained(full_run) -> None:

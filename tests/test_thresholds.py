@@ -90,10 +90,11 @@ def test_benchmark_fails_when_a_bound_is_broken_and_records_the_verdict(pytester
     grid = write_grid(fake_grid(configs, baseline="base", thresholds="th.yaml"))
     result = pytester.runpytest_subprocess("--grid", str(grid), "--results-dir", "out", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3, failed=1)
-    result.stdout.fnmatch_lines(["*slow: ttft*short*.ttft_ms p50 = * ms [[]95% CI *[]] <= * ms required "
+    result.stdout.fnmatch_lines(["*slow: ttft*short*.ttft_ms p50 = * ms, ratio to baseline x*–* <= * ms required "
                                  "(baseline * ms +50%): FAILED*"])
     verdicts = json.loads((pytester.path / "out" / "slow.json").read_text())["tests"]["ttft[short]"]["thresholds"]
-    assert [v["passed"] for v in verdicts] == [False]
+    assert [(v["passed"], v["status"]) for v in verdicts] == [(False, "fail")]
+    assert verdicts[0]["ci_low"] > verdicts[0]["bound"]  # failed on its whole interval, not on its point
 
 
 def test_unknown_metric_in_the_thresholds_file_is_a_usage_error(pytester, write_grid):

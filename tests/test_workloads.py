@@ -160,6 +160,22 @@ def test_tool_scenarios_cover_every_kind_and_an_empty_schema() -> None:
     )
 
 
+def test_tool_definitions_keep_their_json_key_order() -> None:
+    # chat templates render the tools into the prompt as JSON: a reordered key changes the prompt
+    weather = TOOL_SCENARIOS["weather"].tools[0]
+    assert json.dumps(weather) == (
+        '{"type": "function", "function": {"name": "get_weather", "description": "Get the current'
+        ' weather in a city.", "parameters": {"type": "object", "properties": {"city": {"type":'
+        ' "string", "description": "City name, e.g. Lisbon"}, "unit": {"type": "string", "enum":'
+        ' ["celsius", "fahrenheit"]}}, "required": ["city"], "additionalProperties": false}}}'
+    )
+    create_event = TOOL_SCENARIOS["calendar_event"].tools[2]["function"]["parameters"]
+    assert json.dumps(create_event["properties"]["attendees"]["items"]) == (
+        '{"type": "object", "properties": {"name": {"type": "string"}, "email": {"type": "string"}},'
+        ' "required": ["email"]}'
+    )
+
+
 def _call(name: str, arguments: Any) -> dict[str, Any]:
     """Build an OpenAI-style tool call record."""
     return {"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}

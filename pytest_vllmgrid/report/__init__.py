@@ -9,14 +9,14 @@ from typing import Any
 from pytest_vllmgrid.atomic import write_json_atomic, write_text_atomic
 from pytest_vllmgrid.grid import Grid
 from pytest_vllmgrid.report.html import render_store_html
-from pytest_vllmgrid.report.model import build_report
+from pytest_vllmgrid.report.model import Extensions, Report, build_report
 from pytest_vllmgrid.report.markdown import render_extension_sections, render_markdown, render_terminal
 from pytest_vllmgrid.report.plots import telemetry_series_by_config
 from pytest_vllmgrid.report.telemetry import telemetry_markdown
 from pytest_vllmgrid.telemetry import TelemetrySeries
-from pytest_vllmgrid.results import ConfigResult, ResultsStore
+from pytest_vllmgrid.results import ConfigResult, JsonObject, ResultsStore
 
-__all__ = ["write_reports", "terminal_table", "build_report"]
+__all__ = ["write_reports", "terminal_table", "build_report", "Report"]
 
 
 def write_reports(store: ResultsStore, grid: Grid | None = None, *, sections: list | None = None,
@@ -28,24 +28,31 @@ def write_reports(store: ResultsStore, grid: Grid | None = None, *, sections: li
     columns of its ranking table, also kept in report.json under `extensions`."""
     report = build_report(store, grid)
     if sections or columns:
-        report["extensions"] = extensions(sections, columns)
+        report.extensions = report_extensions(sections, columns)
     paths = {"markdown": store.root / "report.md", "json": store.root / "report.json",
              "html": store.root / "report.html"}
     write_text_atomic(paths["markdown"], render_markdown(report) + "\n" + telemetry_section(store.all_configs())
                       + render_extension_sections(report))
-    write_json_atomic(paths["json"], report)
+    write_json_atomic(paths["json"], report.model_dump(mode="json"))
     write_text_atomic(paths["html"], render_store_html(store, report))
     return paths
 
 
-def extensions(sections: list | None, columns: list | None) -> dict[str, list[dict[str, Any]]]:
-    """Hook results as plain data: {"sections": [{"title", "markdown"}], "columns": [{"title", "cells"}]}.
+def report_extensions(sections: list | None, columns: list | None) -> Extensions:
+    """Hook results as the report's `extensions`: sections (title, markdown) and columns (title, cells).
 
     Each of `sections` is one implementation's return value: None, a (title, markdown) pair, a list of pairs
     or a {title: markdown} mapping; each of `columns` likewise with (title, {config name: cell}) pairs."""
-    return {"sections": [{"title": t, "markdown": body} for t, body in _pairs(sections, "report_sections", str)],
-            "columns": [{"title": t, "cells": {str(k): str(v) for k, v in cells.items()}}
-                        for t, cells in _pairs(columns, "report_columns", dict)]}
+    return Extensions.model_validate({
+        "sections": [{"title": t, "markdown": body} for t, body in _pairs(sections, "report_sections", str)],
+        "columns": [{"title": t, "cells": {str(k): str(v) for k, v in cells.items()}}
+                    for t, cells in _pairs(columns, "report_columns", dict)]})
+
+
+def extensions(sections: list | None, columns: list | None) -> JsonObject:
+    """report_extensions() as plain data, as report.json keeps it:
+    {"sections": [{"title", "markdown"}], "columns": [{"title", "cells"}]}."""
+    return report_extensions(sections, columns).model_dump(mode="json")
 
 
 def _pairs(results: list | None, hook: str, value_type: type) -> list[tuple[str, Any]]:

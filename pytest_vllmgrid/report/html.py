@@ -7,14 +7,14 @@ import base64
 import html
 import re
 from collections.abc import Mapping
-from typing import Any, Iterable
+from typing import Iterable
 
-from pytest_vllmgrid.report.model import point_of
-from pytest_vllmgrid.report.markdown import cell, delta, render_markdown
+from pytest_vllmgrid.report.model import Report
+from pytest_vllmgrid.report.markdown import cell, delta, render_markdown, sample_stats
 from pytest_vllmgrid.numbers import fmt_number as _fmt
 from pytest_vllmgrid.report.plots import report_plots, telemetry_series_by_config
 from pytest_vllmgrid.report.telemetry import telemetry_markdown
-from pytest_vllmgrid.results import ConfigResult, GateRecord, GateVerdict, ResultsStore
+from pytest_vllmgrid.results import ConfigResult, GateRecord, GateVerdict, Metric, ResultsStore
 
 # (selector, declarations); scoped under a class when embedded in pytest-html's page.
 STYLE_RULES: list[tuple[str, str]] = [
@@ -46,7 +46,7 @@ _INLINE_CODE = re.compile(r"`([^`]+)`")
 _BOLD = re.compile(r"\*\*([^*]+)\*\*")
 
 
-def esc(value: Any) -> str:
+def esc(value: object) -> str:
     """Text made safe for HTML."""
     return html.escape("" if value is None else str(value))
 
@@ -104,41 +104,41 @@ def markdown_fragment_html(text: str) -> str:
     return "\n".join(out)
 
 
-def _metric_cell(metric: dict[str, Any] | None) -> str:
+def _metric_cell(metric: Metric | None) -> str:
     """p50 [CI] with the Δ vs baseline under it."""
     change = delta(metric)
     return esc(cell(metric)) + (f'<br><span class="delta">Δ {esc(change)}</span>' if change else "")
 
 
-def ranking_html(report: dict[str, Any], *, legend: bool = True) -> str:
+def ranking_html(report: Report, *, legend: bool = True) -> str:
     """The ranked table: config, status, startup, each headline metric with Δ vs baseline (and how to read it)."""
-    cols = list(report["columns"])
+    cols = list(report.columns)
     header = ["Rank", "Config", "Status", "Startup s", *[esc(c) for c in cols]]
     rows = []
-    for row in report["configs"]:
-        name = esc(row["name"])
-        if row["name"] == report["baseline"]:
+    for row in report.configs:
+        name = esc(row.name)
+        if row.name == report.baseline:
             name = f"<strong>{name}</strong> (baseline)"
-        params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
-        rows.append([esc(row.get("rank") or "–"), f'<span title="{esc(params)}">{name}</span>',
-                     esc(row.get("failure") or row.get("status") or "?"), esc(_fmt(row.get("startup_s"))),
-                     *[_metric_cell(row["metrics"].get(c)) for c in cols]])
-    note = (f"<p>Ranked by <code>{esc(report['primary_metric'])}</code> ({esc(report.get('primary_better') or '?')} "
+        params = ", ".join(f"{k}={v}" for k, v in row.params.items())
+        rows.append([esc(row.rank or "–"), f'<span title="{esc(params)}">{name}</span>',
+                     esc(row.failure or row.status or "?"), esc(_fmt(row.startup_s)),
+                     *[_metric_cell(row.metrics.get(c)) for c in cols]])
+    note = (f"<p>Ranked by <code>{esc(report.primary_metric)}</code> ({esc(report.primary_better or '?')} "
             "is better). Cells: p50 [95% bootstrap CI of the median]; Δ: % vs baseline [95% CI].</p>")
     return (note if legend else "") + table(header, rows, numeric_from=3)
 
 
-def conclusions_html(report: dict[str, Any]) -> str:
+def conclusions_html(report: Report) -> str:
     """Optimal config, trade-offs, failures and the recommendation."""
-    opt = report.get("optimal")
-    parts = [f"<h2>Recommendation</h2><p><strong>{esc(report['recommendation'])}</strong></p>",
-             f"<p>Optimal configuration: <strong>{esc(opt['name']) if opt else 'none'}</strong></p>"]
-    if report["tradeoffs"]:
-        parts.append("<h3>Trade-offs</h3><ul>" + "".join(f"<li>{esc(t)}</li>" for t in report["tradeoffs"]) + "</ul>")
-    problems = [f"<li><strong>{esc(f['name'])}</strong>: {esc(f['reason'])}</li>" for f in report["failed"]]
-    problems += [f"<li>{esc(r['name'])} / {esc(k)}: {esc(t['status'])}: {esc(t.get('message') or '')}</li>"
-                 for r in report["configs"] for k, t in r["tests"].items() if t["status"] in ("failed", "error")]
-    problems += [f"<li>{esc(r['name'])}: warning: {esc(w)}</li>" for r in report["configs"] for w in r["warnings"]]
+    opt = report.optimal
+    parts = [f"<h2>Recommendation</h2><p><strong>{esc(report.recommendation)}</strong></p>",
+             f"<p>Optimal configuration: <strong>{esc(opt.name) if opt else 'none'}</strong></p>"]
+    if report.tradeoffs:
+        parts.append("<h3>Trade-offs</h3><ul>" + "".join(f"<li>{esc(t)}</li>" for t in report.tradeoffs) + "</ul>")
+    problems = [f"<li><strong>{esc(f.name)}</strong>: {esc(f.reason)}</li>" for f in report.failed]
+    problems += [f"<li>{esc(r.name)} / {esc(k)}: {esc(t.status)}: {esc(t.message or '')}</li>"
+                 for r in report.configs for k, t in r.failed_tests()]
+    problems += [f"<li>{esc(r.name)}: warning: {esc(w)}</li>" for r in report.configs for w in r.warnings]
     parts.append("<h3>Failures and anomalies</h3>" + (f"<ul>{''.join(problems)}</ul>" if problems else "<p>none</p>"))
     return "\n".join(parts)
 
@@ -163,31 +163,29 @@ def _value(value: float | None, unit: str) -> str:
     return "–" if value is None else f"{_fmt(value)} {unit}".strip()
 
 
-def plots_html(report: dict[str, Any], results: Mapping[str, ConfigResult]) -> str:
+def plots_html(report: Report, results: Mapping[str, ConfigResult]) -> str:
     """Every plot that has data, embedded."""
     figures = [f"<figure>{png_img(png, caption)}<figcaption>{esc(caption)}</figcaption></figure>"
                for caption, png in report_plots(report, results)]
     return "<h2>Plots</h2>" + ("\n".join(figures) if figures else "<p>No plottable data in this run.</p>")
 
 
-def metrics_table_html(metrics: dict[str, dict[str, Any]]) -> str:
-    """One table row per metric: n, p50 [CI] or value, p95, p99, mean, Δ vs baseline."""
-    def stat(metric: dict[str, Any], key: str) -> str:
-        return esc(_fmt(metric.get(key))) if metric.get("kind") == "sample" else ""
-    rows = [[f"<code>{esc(name)}</code>", esc(m.get("n") or ""), esc(cell(m)), stat(m, "p95"), stat(m, "p99"),
-             stat(m, "mean"), esc(delta(m))] for name, m in metrics.items() if point_of(m) is not None]
+def metrics_table_html(metrics: Mapping[str, Metric]) -> str:
+    """One table row per metric: n, p50 [CI] or value, p95, p99, mean, Δ vs baseline (a report row's metrics)."""
+    rows = [[f"<code>{esc(name)}</code>", esc(m.n or ""), esc(cell(m)), *[esc(s) for s in sample_stats(m)],
+             esc(delta(m))] for name, m in metrics.items() if m.point() is not None]
     return table(["Metric", "n", "p50 [95% CI] / value", "p95", "p99", "mean", "Δ vs baseline"], rows, numeric_from=1)
 
 
-def details_html(report: dict[str, Any]) -> str:
+def details_html(report: Report) -> str:
     """Per config: parameters and every metric, folded."""
     parts = ["<h2>Details per config</h2>"]
-    for row in report["configs"]:
-        params = " ".join(f"{k}={v}" for k, v in row["params"].items()) or "(vLLM defaults)"
-        parts.append(f"<details><summary><strong>{esc(row['name'])}</strong> — {esc(row.get('status'))}</summary>"
+    for row in report.configs:
+        params = " ".join(f"{k}={v}" for k, v in row.params.items()) or "(vLLM defaults)"
+        parts.append(f"<details><summary><strong>{esc(row.name)}</strong> — {esc(row.status)}</summary>"
                      f"<p>params: <code>{esc(params)}</code>; "
-                     f"config hash <code>{esc(row.get('config_hash'))}</code></p>"
-                     f"{metrics_table_html(row['metrics'])}</details>")
+                     f"config hash <code>{esc(row.config_hash)}</code></p>"
+                     f"{metrics_table_html(row.metrics)}</details>")
     return "\n".join(parts)
 
 
@@ -197,13 +195,13 @@ def telemetry_html(results: Mapping[str, ConfigResult]) -> str:
     return markdown_fragment_html(telemetry_markdown(series)) if series else ""
 
 
-def run_info_html(report: dict[str, Any]) -> str:
+def run_info_html(report: Report) -> str:
     """What ran and where (the Markdown report's header bullets, so both say the same)."""
     header = render_markdown(report).split("\n## ", 1)[0]
     return markdown_fragment_html(header.split("\n", 1)[1])
 
 
-def render_html(report: dict[str, Any], results: Mapping[str, ConfigResult],
+def render_html(report: Report, results: Mapping[str, ConfigResult],
                 gate: GateRecord | None = None) -> str:
     """The whole report as one self-contained HTML page."""
     body = [
@@ -217,6 +215,6 @@ def render_html(report: dict[str, Any], results: Mapping[str, ConfigResult],
             f"<style>{css()}</style></head><body>\n" + "\n".join(b for b in body if b) + "\n</body></html>\n")
 
 
-def render_store_html(store: ResultsStore, report: dict[str, Any]) -> str:
+def render_store_html(store: ResultsStore, report: Report) -> str:
     """report.html's content from a results store and its built report."""
     return render_html(report, store.all_configs(), store.manifest().regression_gate)

@@ -1,4 +1,4 @@
-"""Report plots: pure functions from the report dict (and stored results) to PNG bytes, None when no data.
+"""Report plots: pure functions from the `Report` (and stored results) to PNG bytes, None when no data.
 
 matplotlib's Agg canvas only (no pyplot: no global state, no display needed).
 """
@@ -10,19 +10,24 @@ import re
 import statistics
 from dataclasses import replace
 from collections.abc import Mapping
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
-from pytest_vllmgrid.results import ConfigResult, JsonObject, Measurement, TestResult
+from pytest_vllmgrid.results import ConfigResult, JsonObject, Measurement, Metric, TestResult
 
+from pytest_vllmgrid.report.model import ConfigRow, Report
 from pytest_vllmgrid.report.telemetry import telemetry_plot_png
 from pytest_vllmgrid.telemetry import Sample, TelemetrySeries
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 MAX_DISTRIBUTIONS = 6
 _TTFT_KEY = re.compile(r"^ttft(\[[^\]]*\])?\.ttft_ms$")
 _CONCURRENCY_KEY = re.compile(r"^throughput\[[^\]\d]*(\d+(?:\.\d+)?)[^\]]*\]\.(\w+)$")
 
 
-def _figure(width: float, height: float) -> Any:
+def _figure(width: float, height: float) -> Figure:
     """A matplotlib Figure on an Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -32,33 +37,31 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _png(fig: Any) -> bytes:
+def _png(fig: Figure) -> bytes:
     """The figure as PNG bytes."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     return buffer.getvalue()
 
 
-def _point(metric: dict[str, Any] | None) -> tuple[float, float, float] | None:
+def _point(metric: Metric | None) -> tuple[float, float, float] | None:
     """(p50 or value, CI low, CI high) of a stored metric; the CI collapses to the point when absent."""
-    if not metric:
+    value = metric.point() if metric is not None else None
+    if metric is None or value is None:
         return None
-    value = metric.get("p50") if metric.get("kind") == "sample" else metric.get("value")
-    if value is None:
-        return None
-    low, high = metric.get("ci_low"), metric.get("ci_high")
+    low, high = metric.ci_low, metric.ci_high
     return value, value if low is None else low, value if high is None else high
 
 
-def _healthy(report: dict[str, Any]) -> list[dict[str, Any]]:
+def _healthy(report: Report) -> list[ConfigRow]:
     """Config rows in report order, failed deployments left out."""
-    return [row for row in report.get("configs", []) if not row.get("failure")]
+    return [row for row in report.configs if not row.failure]
 
 
-def grouped_ci_png(report: dict[str, Any], keys: list[str], labels: list[str], title: str,
+def grouped_ci_png(report: Report, keys: list[str], labels: list[str], title: str,
                    ylabel: str) -> bytes | None:
     """Bars of p50 per config, one bar per metric key, with 95% CI error bars; None without data."""
-    rows = [row for row in _healthy(report) if any(_point(row["metrics"].get(k)) for k in keys)]
+    rows = [row for row in _healthy(report) if any(_point(row.metrics.get(k)) for k in keys)]
     if not rows:
         return None
     fig = _figure(max(6.0, 1.1 * len(rows) * max(1, len(keys)) ** 0.5 + 2), 4.2)
@@ -67,7 +70,7 @@ def grouped_ci_png(report: dict[str, Any], keys: list[str], labels: list[str], t
     for i, (key, label) in enumerate(zip(keys, labels)):
         xs, ys, errs = [], [], [[], []]
         for x, row in enumerate(rows):
-            point = _point(row["metrics"].get(key))
+            point = _point(row.metrics.get(key))
             if point is None:
                 continue
             value, low, high = point
@@ -76,7 +79,7 @@ def grouped_ci_png(report: dict[str, Any], keys: list[str], labels: list[str], t
             errs[0].append(max(0.0, value - low))
             errs[1].append(max(0.0, high - value))
         ax.bar(xs, ys, width=width * 0.95, yerr=errs, capsize=3, label=label)
-    ax.set_xticks(range(len(rows)), [row["name"] for row in rows], rotation=30 if len(rows) > 4 else 0,
+    ax.set_xticks(range(len(rows)), [row.name for row in rows], rotation=30 if len(rows) > 4 else 0,
                   ha="right" if len(rows) > 4 else "center")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -86,32 +89,32 @@ def grouped_ci_png(report: dict[str, Any], keys: list[str], labels: list[str], t
     return _png(fig)
 
 
-def ttft_png(report: dict[str, Any]) -> bytes | None:
+def ttft_png(report: Report) -> bytes | None:
     """TTFT p50 per config with its 95% CI, one bar per prompt kind (ttft[short], ttft[long], ...)."""
-    keys = sorted({k for row in _healthy(report) for k in row["metrics"] if _TTFT_KEY.match(k)})
+    keys = sorted({k for row in _healthy(report) for k in row.metrics if _TTFT_KEY.match(k)})
     labels = [k.split(".", 1)[0] for k in keys]
     return grouped_ci_png(report, keys, labels, "TTFT p50 per config (95% bootstrap CI)", "TTFT ms") if keys else None
 
 
-def kv_cache_png(report: dict[str, Any]) -> bytes | None:
+def kv_cache_png(report: Report) -> bytes | None:
     """Prefix-cache MISS vs HIT TTFT p50 per config with 95% CIs."""
     return grouped_ci_png(report, ["kv_cache.ttft_miss_ms", "kv_cache.ttft_hit_ms"], ["MISS", "HIT"],
                           "KV cache: TTFT p50, new prefix (MISS) vs same prefix (HIT)", "TTFT ms")
 
 
-def concurrency_curves(report: dict[str, Any], metric: str) -> dict[str, list[tuple[float, float, float, float]]]:
+def concurrency_curves(report: Report, metric: str) -> dict[str, list[tuple[float, float, float, float]]]:
     """config -> [(concurrency, p50/value, ci low, ci high)] of `throughput[N].<metric>`, sorted by N."""
     curves: dict[str, list[tuple[float, float, float, float]]] = {}
     for row in _healthy(report):
-        for key, stored in row["metrics"].items():
+        for key, stored in row.metrics.items():
             match = _CONCURRENCY_KEY.match(key)
             point = _point(stored) if match and match.group(2) == metric else None
             if point is not None:
-                curves.setdefault(row["name"], []).append((float(match.group(1)), *point))
+                curves.setdefault(row.name, []).append((float(match.group(1)), *point))
     return {name: sorted(points) for name, points in curves.items()}
 
 
-def throughput_png(report: dict[str, Any]) -> bytes | None:
+def throughput_png(report: Report) -> bytes | None:
     """Output tokens/s (and TTFT p50 when measured) against concurrency, one line per config."""
     if not concurrency_curves(report, "output_tok_s"):
         return None
@@ -174,7 +177,7 @@ def turn_ttft_png(results: Mapping[str, ConfigResult]) -> bytes | None:
     return _png(fig)
 
 
-def _distribution_axes(ax: Any, named_samples: list[tuple[str, list[float]]], title: str, unit: str) -> None:
+def _distribution_axes(ax: Axes, named_samples: list[tuple[str, list[float]]], title: str, unit: str) -> None:
     """Box plots of raw samples with the points themselves jittered on top."""
     ax.boxplot([values for _, values in named_samples], showfliers=False, widths=0.5)
     for i, (_, values) in enumerate(named_samples, 1):
@@ -187,7 +190,7 @@ def _distribution_axes(ax: Any, named_samples: list[tuple[str, list[float]]], ti
     ax.grid(True, axis="y", alpha=0.3)
 
 
-def _grid_of_axes(count: int, cell_height: float = 3.2) -> list[Any]:
+def _grid_of_axes(count: int, cell_height: float = 3.2) -> list[Axes]:
     """A figure with `count` axes, two per row."""
     cols = 1 if count == 1 else 2
     rows = (count + cols - 1) // cols
@@ -198,13 +201,13 @@ def _grid_of_axes(count: int, cell_height: float = 3.2) -> list[Any]:
     return axes[:count]
 
 
-def latency_distributions_png(report: dict[str, Any]) -> bytes | None:
+def latency_distributions_png(report: Report) -> bytes | None:
     """Raw-sample distributions of the headline latency metrics, one panel per metric, one box per config."""
-    metrics = [k for k, col in report.get("columns", {}).items() if col.get("unit") == "ms"]
-    metrics += sorted({k for row in _healthy(report) for k in row["samples"] if _TTFT_KEY.match(k)} - set(metrics))
+    metrics = [k for k, col in report.columns.items() if col.unit == "ms"]
+    metrics += sorted({k for row in _healthy(report) for k in row.samples if _TTFT_KEY.match(k)} - set(metrics))
     panels = []
     for key in metrics[:MAX_DISTRIBUTIONS]:
-        named = [(row["name"], row["samples"][key]) for row in _healthy(report) if row["samples"].get(key)]
+        named = [(row.name, row.samples[key]) for row in _healthy(report) if row.samples.get(key)]
         if named:
             panels.append((key, named))
     if not panels:
@@ -259,7 +262,7 @@ def telemetry_png(results: Mapping[str, ConfigResult]) -> bytes | None:
 
 
 # (caption, builder) in report order; builders take (report, results).
-PLOTS: list[tuple[str, Callable[[dict[str, Any], Mapping[str, ConfigResult]], bytes | None]]] = [
+PLOTS: list[tuple[str, Callable[[Report, Mapping[str, ConfigResult]], bytes | None]]] = [
     ("TTFT per config, p50 with 95% bootstrap CI", lambda report, results: ttft_png(report)),
     ("KV cache MISS vs HIT per config", lambda report, results: kv_cache_png(report)),
     ("Throughput vs concurrency", lambda report, results: throughput_png(report)),
@@ -269,7 +272,7 @@ PLOTS: list[tuple[str, Callable[[dict[str, Any], Mapping[str, ConfigResult]], by
 ]
 
 
-def report_plots(report: dict[str, Any], results: Mapping[str, ConfigResult]) -> list[tuple[str, bytes]]:
+def report_plots(report: Report, results: Mapping[str, ConfigResult]) -> list[tuple[str, bytes]]:
     """Every plot that has data, as (caption, PNG bytes)."""
     out = []
     for caption, build in PLOTS:

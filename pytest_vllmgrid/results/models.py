@@ -8,10 +8,11 @@ files are read through `results.schema.upgrade`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from pytest_vllmgrid.numbers import fmt_cell, fmt_number
 from pytest_vllmgrid.stats import RatioEstimate, summarize
@@ -21,8 +22,14 @@ LOWER = "lower"
 HIGHER = "higher"
 Better = Literal["lower", "higher"]
 Validity = Literal["valid", "inconclusive", "invalid"]
+COUNT_UNITS = ("requests", "tokens")
 JsonObject = dict[str, JsonValue]
 """Free-form, JSON-safe context (server windows, telemetry, settings) that no judge reads by key."""
+
+
+def json_object(data: Mapping[str, object]) -> JsonObject:
+    """A mapping as plain JSON values (tuples become lists, dataclass dumps stay as they are)."""
+    return json.loads(json.dumps(data))
 
 
 _SUMMARY_FIELDS = ("n", "mean", "stdev", "min", "max", "p50", "p90", "p95", "p99", "ci_low", "ci_high", "method")
@@ -52,6 +59,7 @@ class Metric(_Model):
     ci_low: float | None = None
     ci_high: float | None = None
     method: str = ""
+    exact: bool = False  # a count or a server counter: no sampling interval to carry
     validity: Validity = "valid"
     validity_reason: str | None = None
 
@@ -70,16 +78,29 @@ class Metric(_Model):
         return self.ci_low, self.ci_high
 
 
+VerdictStatus = Literal["pass", "fail", "inconclusive", "invalid", "not judged"]
+
+
 class Verdict(_Model):
-    """One bound or gate spec judged on one config's metric."""
+    """One bound judged on one config's metric: pass and fail are decided by the figure's CI, not its point;
+    inconclusive when the CI straddles the bound, invalid when the figure's method failed."""
 
     metric: str
     config: str
-    passed: bool | None  # None = could not be judged (missing value, missing baseline)
+    passed: bool | None  # True only for pass, False only for fail
     message: str
+    status: VerdictStatus | None = None  # None in schema-1 files: derived from `passed`
     value: float | None = None
     bound: float | None = None
     baseline_value: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+    @model_validator(mode="after")
+    def _status_from_passed(self) -> Verdict:
+        if self.status is None:
+            self.status = "pass" if self.passed is True else "fail" if self.passed is False else "not judged"
+        return self
 
 
 class Measurement(_Model):
@@ -110,11 +131,12 @@ class Measurement(_Model):
 
     def add_value(self, name: str, value: float | None, unit: str, better: Better | None = None, *,
                   headline: bool = False, ci: tuple[float, float] | None = None, method: str = "",
-                  n: int | None = None) -> Metric:
-        """Add a derived number (rate, ratio, percentage), with its CI when it has one."""
+                  n: int | None = None, exact: bool | None = None) -> Metric:
+        """Add a derived number (rate, ratio, percentage), with its CI when it has one. Counts (unit requests or
+        tokens) are exact unless said otherwise; a server counter's figure is passed `exact=True`."""
         self.metrics[name] = Metric(kind="value", value=value, unit=unit, better=better, headline=headline,
                                     ci_low=ci[0] if ci else None, ci_high=ci[1] if ci else None, method=method,
-                                    n=n)
+                                    n=n, exact=unit in COUNT_UNITS if exact is None else exact)
         return self.metrics[name]
 
     def add_ratio(self, name: str, estimate: RatioEstimate, unit: str, better: Better | None, *,
