@@ -54,6 +54,7 @@ def test_kv_cache(vllm_bench: BenchContext) -> None:
     caching = prefix_caching_enabled(vllm_bench)
     reset_ok = vllm_bench.reset_prefix_cache()
     min_pairs = s.kv_repetitions or s.repetitions
+    kv_target = s.kv_ci_target_pct or s.ci_target_pct
     max_pairs = max(min_pairs, s.kv_max_pairs)
 
     def prompt(question: str = QUESTION, nonce: str | None = None) -> list[dict[str, str]]:
@@ -91,7 +92,7 @@ def test_kv_cache(vllm_bench: BenchContext) -> None:
                     ok = [p for p in pairs if p["hit"].ok and p["miss"].ok and p["hit"].ttft and p["miss"].ttft]
                     if len(ok) >= 2:
                         point, (low, high) = paired_ratio([p["miss"].ttft / p["hit"].ttft for p in ok])
-                        if (high - low) / 2 <= s.kv_ci_target_pct / 100 * point:
+                        if (high - low) / 2 <= kv_target / 100 * point:
                             stopped = "ci_target"
                             break
                     checkpoint *= 2
@@ -112,7 +113,7 @@ def test_kv_cache(vllm_bench: BenchContext) -> None:
         "alternating order; streamed "
         f"TTFT, max_tokens {s.kv_max_tokens}; acceleration = median over pairs of MISS/HIT, bootstrap 95% CI over "
         f"pairs; pairs added at checkpoints {min_pairs}, {2 * min_pairs}, ... until the CI half-width <= "
-        f"{s.kv_ci_target_pct:g}% of the median (stopped by: {stopped})"))
+        f"{kv_target:g}% of the median (stopped by: {stopped})"))
     m.add_sample("ttft_miss_ms", [p["miss"].ttft * 1000 for p in good], "ms", LOWER, headline=True)
     m.add_sample("ttft_hit_ms", [p["hit"].ttft * 1000 for p in good], "ms", LOWER, headline=True)
     m.add_value("server_hits_during_miss", miss_hits, "tokens", None)
@@ -142,7 +143,7 @@ def test_kv_cache(vllm_bench: BenchContext) -> None:
                                      f"[{ci[0]:.2f}–{ci[1]:.2f}] excludes 1.0 (drift or order effect)")
             m.warnings.append(accel.validity_reason)
         if stopped != "ci_target":
-            m.warnings.append(f"acceleration CI half-width still above {s.kv_ci_target_pct:g}% of the median after "
+            m.warnings.append(f"acceleration CI half-width still above {kv_target:g}% of the median after "
                               f"{len(pairs)} pairs (stopped by {stopped})")
     if invalid:
         m.warnings.append(invalid)

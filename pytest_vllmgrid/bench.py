@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 import httpx
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pytest_vllmgrid.client import ChatClient, RequestRecord
@@ -19,6 +20,7 @@ from pytest_vllmgrid.endpoint import Endpoint
 from pytest_vllmgrid.grid import ServerConfig
 from pytest_vllmgrid.load import run_event_loop
 from pytest_vllmgrid.measurement import LOWER, Measurement
+from pytest_vllmgrid.stats import bootstrap_ci
 from pytest_vllmgrid.server_metrics import MetricsSnapshot, MetricsUnavailable, ServerDelta, diff, fetch_metrics
 from pytest_vllmgrid.judge import NotConclusive, assess, failures, judge_test, unsure
 from pytest_vllmgrid.results.models import JsonObject, TestResult, Verdict, json_object
@@ -39,7 +41,12 @@ class BenchSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    repetitions: int = Field(10, ge=1, le=100_000, description="measured requests per metric")
+    repetitions: int = Field(10, ge=1, le=100_000, description="measured requests per metric (the minimum, where "
+                             "a benchmark repeats until its CI is tight: ttft, kv_cache pairs)")
+    ci_target_pct: float = Field(5.0, gt=0, le=100, description="adaptive benchmarks stop once the 95% CI of "
+                                 "their primary figure's median is at most this % of the median on each side")
+    max_repetitions: int = Field(80, ge=1, le=100_000, description="adaptive benchmarks stop here at the latest")
+    repetition_budget_s: float = Field(60.0, gt=0, description="... or after this many seconds of measuring")
     warmup: int = Field(2, ge=0, le=1000, description="requests sent first and discarded")
     request_timeout_s: float = Field(120.0, gt=0, le=7200, description="longest wait for any read of a request")
     request_deadline_s: float = Field(600.0, gt=0, le=86400, description="longest a whole request may take")
@@ -52,8 +59,8 @@ class BenchSettings(BaseModel):
     prefix_tokens: int = Field(1300, ge=16)
     kv_repetitions: int | None = Field(None, ge=2, description="minimum MISS/HIT pairs (default: repetitions)")
     kv_max_pairs: int = Field(40, ge=2, description="pairs added at geometric checkpoints up to this many")
-    kv_ci_target_pct: float = Field(5.0, gt=0, description="stop adding pairs once the acceleration CI "
-                                    "half-width is at most this % of its median")
+    kv_ci_target_pct: float | None = Field(None, gt=0, description="stop adding pairs once the acceleration CI "
+                                           "half-width is at most this % of its median (default: ci_target_pct)")
     kv_budget_s: float = Field(60.0, gt=0, description="stop adding pairs after this many seconds")
     kv_max_tokens: int = Field(4, ge=1)
     # throughput
@@ -111,6 +118,34 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 @dataclass
+class Stopping:
+    """How an adaptive benchmark decided it had measured enough."""
+
+    target_pct: float
+    checkpoints: list[int]
+    half_width_pct: float | None = None
+    stopped_by: str = "count"  # ci_target | max_repetitions | budget_s | count (not adaptive)
+
+    def describe(self) -> str:
+        """One line for the measurement's method."""
+        reached = "" if self.half_width_pct is None else f", CI half-width {self.half_width_pct:.1f}% of the median"
+        return (f"adaptive: checked at n = {', '.join(map(str, self.checkpoints)) or '-'} for a 95% CI half-width "
+                f"<= {self.target_pct:g}% of the median; stopped by {self.stopped_by}{reached}")
+
+
+def ci_half_width_pct(values: Sequence[float]) -> float | None:
+    """Half-width of the bootstrap 95 % CI of the median, in % of the median (None below 3 values)."""
+    clean = [float(v) for v in values if v is not None]
+    if len(clean) < 3:
+        return None
+    median = float(np.median(clean))
+    if median == 0:
+        return None
+    low, high = bootstrap_ci(clean, np.median)
+    return (high - low) / 2 / abs(median) * 100
+
+
+@dataclass
 class MetricsWindow:
     """Server /metrics deltas over a block of requests (filled when the block ends)."""
 
@@ -135,6 +170,7 @@ class BenchContext:
     http: httpx.Client | None = None  # the deployment's kept-alive control client (None: one per call)
     _token_cache: dict[str, int] = field(default_factory=dict)
     _stored: TestResult | None = None
+    stopping: Stopping | None = None  # the last adaptive run's stopping record
 
     def client(self) -> ChatClient:
         """A streaming client for this server (use as `async with`)."""
@@ -148,14 +184,41 @@ class BenchContext:
                 return await main(client)
         return run_event_loop(wrapper())
 
-    def run_sequential(self, request: Callable[[ChatClient, int], Awaitable[RequestRecord]],
-                       count: int) -> tuple[list[RequestRecord], MetricsWindow]:
-        """`request(client, i)` for the `warmup` discarded indices, then `count` measured ones in one server window."""
+    def run_sequential(self, request: Callable[[ChatClient, int], Awaitable[RequestRecord]], count: int, *,
+                       primary: Callable[[Sequence[RequestRecord]], Sequence[float]] | None = None,
+                       ) -> tuple[list[RequestRecord], MetricsWindow]:
+        """`request(client, i)` for the `warmup` discarded indices, then `count` measured ones in one server window.
+
+        Given `primary` (the figure's values from the records so far), the run is adaptive: at checkpoints
+        count, 2 x count, 4 x count... it stops once the bootstrap CI of the median is at most `ci_target_pct` %
+        of the median wide on each side, or when `max_repetitions` / `repetition_budget_s` is spent
+        (`self.stopping` says which and after how many)."""
+        s = self.settings
+
         async def main(client: ChatClient) -> tuple[list[RequestRecord], MetricsWindow]:
-            for index in range(self.settings.warmup):
+            for index in range(s.warmup):
                 await request(client, index)
+            records: list[RequestRecord] = []
+            checkpoint, limit = count, max(count, s.max_repetitions) if primary else count
+            deadline = time.monotonic() + s.repetition_budget_s
+            self.stopping = Stopping(target_pct=s.ci_target_pct, checkpoints=[])
             with self.server_window(client) as window:
-                records = [await request(client, self.settings.warmup + i) for i in range(count)]
+                while len(records) < limit:
+                    records.append(await request(client, s.warmup + len(records)))
+                    if primary is None or len(records) < checkpoint:
+                        continue
+                    self.stopping.checkpoints.append(len(records))
+                    half = ci_half_width_pct(primary(records))
+                    self.stopping.half_width_pct = half
+                    if half is not None and half <= s.ci_target_pct:
+                        self.stopping.stopped_by = "ci_target"
+                        break
+                    if time.monotonic() > deadline:
+                        self.stopping.stopped_by = "budget_s"
+                        break
+                    checkpoint = min(limit, checkpoint * 2)
+                else:
+                    self.stopping.stopped_by = "max_repetitions" if primary else "count"
             return records, window
         return self.run(main)
 

@@ -35,6 +35,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 ParamValue = Union[None, bool, int, float, str, list, dict]
 
 
+REPLICA_MARK = "~"  # config "a" deployed a second time is "a~2"
+
+
 class GridError(Exception):
     """A grid file mistake: names the file, the config, the field, the bad value and what is allowed."""
 
@@ -230,11 +233,14 @@ class Grid:
 
 
 def load_grid(path: str | Path, *, model: str | None = None, baseline: str | None = None,
-              deployer: str | None = None, deployer_kinds: tuple[str, ...] | list[str] | None = None) -> Grid:
+              deployer: str | None = None, deployer_kinds: tuple[str, ...] | list[str] | None = None,
+              replicas: int = 1) -> Grid:
     """Read, validate and resolve a grid file; raise GridError naming every problem.
 
     `deployer_kinds`: the kinds `deployer:` (or the `deployer` override, i.e. --vllm-deployer) may name;
-    default the built-in ones (the plugin passes those of its hook `pytest_vllmgrid_deployer_kinds` too)."""
+    default the built-in ones (the plugin passes those of its hook `pytest_vllmgrid_deployer_kinds` too).
+    `replicas` (--vllm-replicas): every config is deployed that many times, interleaved in time (a, b, a~2,
+    b~2...), so the report can measure the noise between two deployments of the same flags."""
     path = Path(path)
     raw = _read_structured(path)
     problems = document_problems(raw)
@@ -292,11 +298,21 @@ def load_grid(path: str | Path, *, model: str | None = None, baseline: str | Non
         if problems:
             raise GridError(path, problems)
     ordered = order_configs(resolved, baseline_name, spec.phases)
+    if replicas < 1:
+        raise GridError(path, [f"--vllm-replicas = {replicas}: must be at least 1"])
+    ordered += [ServerConfig(**{**cfg.__dict__, "name": replica_name(cfg.name, r), "is_baseline": False,
+                                "index": cfg.index + r * len(ordered)})
+                for r in range(2, replicas + 1) for cfg in ordered]
     return Grid(
         path=path, name=spec.name or path.stem, description=spec.description, deployer=spec.deployer,
         configs=tuple(ordered), baseline=baseline_name, spec=spec,
         file_hash=hashlib.sha256(path.read_bytes()).hexdigest()[:16],
     )
+
+
+def replica_name(name: str, replica: int) -> str:
+    """The name of a config's n-th deployment (the first keeps the config's own name)."""
+    return name if replica == 1 else f"{name}{REPLICA_MARK}{replica}"
 
 
 def _deployer_problems(kind: Any, kinds: tuple[str, ...] | list[str] | None, overridden: bool) -> list[str]:

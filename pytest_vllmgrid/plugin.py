@@ -45,6 +45,9 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
     (["--vllm-repetitions"], "vllm_repetitions", "measured requests per metric (benchmark setting repetitions)",
      {"type": int}),
     (["--vllm-warmup"], "vllm_warmup", "warm-up requests sent and discarded before measuring", {"type": int}),
+    (["--vllm-replicas"], "vllm_replicas", "deploy every config N times, interleaved in time (a, b, a~2, b~2): "
+     "the report measures the noise between deployments of the same flags and counts a difference between "
+     "configs as significant only beyond it", {"type": int}),
     (["--vllm-bench"], "vllm_bench", "benchmark setting KEY=VALUE (repeatable), e.g. prefix_tokens=2048",
      {"action": "append"}),
     (["--vllm-thresholds"], "vllm_thresholds", "thresholds file (YAML/JSON); default: the grid's `thresholds:`", {}),

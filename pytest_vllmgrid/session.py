@@ -83,7 +83,8 @@ class GridSession:
             try:
                 self.grid = load_grid(self.grid_path, model=opt("vllm_model"), baseline=opt("vllm_baseline"),
                                       deployer=opt("vllm_deployer"),
-                                      deployer_kinds=deployer_kinds(self.pytest_config.hook))
+                                      deployer_kinds=deployer_kinds(self.pytest_config.hook),
+                                      replicas=int(opt("vllm_replicas") or 1))
             except GridError as exc:
                 raise pytest.UsageError(str(exc)) from None
         return self.grid

@@ -177,3 +177,19 @@ def test_bad_benchmark_setting_is_a_usage_error(pytester, write_grid):
                                            "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*repetitons*allowed keys*repetitions*"])
+
+
+def test_replicas_deploy_every_config_again_interleaved_in_time(tmp_path):
+    path = write(tmp_path, json.dumps(fake_grid([{"name": "a"}, {"name": "b", "max_num_seqs": 2}], baseline="a")))
+    grid = load_grid(path, replicas=2)
+    assert grid.names == ["a", "b", "a~2", "b~2"]
+    assert [c.is_baseline for c in grid.configs] == [True, False, False, False]
+    assert grid.config("a~2").config_hash() == grid.config("a").config_hash()  # same flags: an A/A twin
+    with pytest.raises(GridError, match="--vllm-replicas = 0: must be at least 1"):
+        load_grid(path, replicas=0)
+
+
+def test_the_shipped_a_a_grid_has_two_identical_configs_and_a_known_slowdown():
+    grid = load_grid(REPO / "configs" / "aa-cpu.yaml")
+    hashes = {c.name: c.config_hash() for c in grid.configs}
+    assert hashes["a1"] == hashes["a2"] and hashes["slow"] != hashes["a1"]

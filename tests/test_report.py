@@ -184,3 +184,66 @@ def test_pytest_html_gets_a_summary_section_and_per_test_extras(pytester, write_
     summary = text[text.index('<div class="vllmgrid">'):]
     assert external_links(summary[:summary.index("</div>")]) == []
     assert not (pytester.path / "assets").exists()
+
+
+def kv_run(tmp_path: Path, hits: dict[str, float], *, invalid: str | None = None, seed: int = 0):
+    """Configs with a kv_cache HIT sample around the given medians; `invalid` marks one config's figure."""
+    runs = {}
+    for i, (name, hit_ms) in enumerate(hits.items()):
+        m = kv_measurement(60.0, hit_ms, seed + 10 * i)
+        if name == invalid:
+            m.metrics["ttft_hit_ms"].validity = "invalid"
+            m.metrics["ttft_hit_ms"].validity_reason = "12 of 12 responses arrived in one burst"
+        runs[name] = {"kv_cache": m}
+    return store_run(tmp_path / "run", runs, baseline=next(iter(hits)))
+
+
+def test_a_config_whose_primary_figure_is_invalid_is_not_ranked_and_is_named(tmp_path: Path) -> None:
+    report = build_report(kv_run(tmp_path, {"base": 60.0, "fast": 10.0, "faster": 5.0}, invalid="faster"))
+    ranks = {row.name: row.rank for row in report.configs}
+    assert ranks["faster"] is None and ranks["fast"] == 1
+    assert [n.name for n in report.left_out] == ["faster"] and "burst" in report.left_out[0].reason
+    assert report.recommendation.startswith("Deploy fast") and "Not ranked (figure not valid): faster" in \
+        report.recommendation
+
+
+def test_configs_whose_intervals_overlap_get_no_winner(tmp_path: Path) -> None:
+    report = build_report(kv_run(tmp_path, {"base": 60.0, "a": 30.0, "b": 30.5}))
+    assert report.optimal.separated_from_runner_up is False
+    assert report.recommendation.startswith("No significant difference on kv_cache.ttft_hit_ms between")
+
+
+def test_a_percentage_changes_in_points_not_in_percent(tmp_path: Path) -> None:
+    def conv(pct: float) -> Measurement:
+        m = Measurement(method="synthetic")
+        m.add_value("degradation_pct", pct, "%", LOWER, headline=True, ci=(pct - 5, pct + 5))
+        return m
+    store = store_run(tmp_path / "run", {"base": {"long_conversation": conv(2.0)},
+                                         "b": {"long_conversation": conv(10.0)}}, baseline="base")
+    metric = next(r for r in build_report(store).configs if r.name == "b").metrics["long_conversation.degradation_pct"]
+    assert metric.vs_baseline_pct is None and metric.vs_baseline_pts == 8.0
+    assert metric.vs_baseline_ci_pts == [-2.0, 18.0]
+
+
+def test_a_recommended_config_that_misses_its_own_criteria_says_so(tmp_path: Path) -> None:
+    from pytest_vllmgrid.results import Verdict
+
+    store = kv_run(tmp_path, {"base": 60.0, "fast": 10.0})
+    miss = Verdict(metric="kv_cache.acceleration", config="fast", passed=False, status="fail",
+                   message="kv_cache.acceleration value = 1.33 x >= 1.5 x required: FAILED")
+    store.update_config("fast", lambda r: r.tests["kv_cache"].thresholds.append(miss))
+    report = build_report(store)
+    assert report.optimal.name == "fast"
+    assert "Caution: fast does not meet its own criteria: kv_cache.acceleration value = 1.33 x" in report.recommendation
+
+
+def test_twin_deployments_measure_the_noise_that_a_difference_must_exceed(tmp_path: Path) -> None:
+    store = kv_run(tmp_path, {"base": 60.0, "base~2": 55.0, "b": 52.0})
+    store.update_config("base~2", lambda r: setattr(r, "config_hash", "hash-base"))  # same flags as base
+    report = build_report(store)
+    [noise] = [n for n in report.noise if n.metric == "kv_cache.ttft_hit_ms"]
+    assert [sorted(p.split(" vs ")) for p in noise.pairs] == [["base", "base~2"]] and 5.0 < noise.spread_pct < 30.0
+    b_row = next(r for r in report.configs if r.name == "b")
+    assert b_row.metrics["kv_cache.ttft_hit_ms"].vs_baseline_ci_pct[1] < 0  # beats the baseline on requests...
+    assert report.optimal.significant_vs_baseline is False  # ...but not beyond two deployments' spread
+    assert "## Between-deployment noise" in write_reports(store)["markdown"].read_text()

@@ -124,7 +124,8 @@ def ranking_html(report: Report, *, legend: bool = True) -> str:
                      esc(row.failure or row.status or "?"), esc(_fmt(row.startup_s)),
                      *[_metric_cell(row.metrics.get(c)) for c in cols]])
     note = (f"<p>Ranked by <code>{esc(report.primary_metric)}</code> ({esc(report.primary_better or '?')} "
-            "is better). Cells: p50 [95% bootstrap CI of the median]; Δ: % vs baseline [95% CI].</p>")
+            "is better; valid figures only). Cells: p50 [95% bootstrap CI of the median], INVALID / (inconclusive) "
+            "where the figure cannot be used; Δ: % vs baseline [95% CI], in points (pts) for a percentage.</p>")
     return (note if legend else "") + table(header, rows, numeric_from=3)
 
 

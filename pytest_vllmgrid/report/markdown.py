@@ -22,17 +22,25 @@ def cell(metric: Metric | None, *, with_ci: bool = True) -> str:
     text = f"{_fmt(value)}{'' if unit in ('x', '%') else ' '}{unit}".strip() if unit != "x" else f"x{_fmt(value)}"
     if with_ci and metric.ci is not None:
         text += f" [{_fmt(metric.ci[0])}–{_fmt(metric.ci[1])}]"
+    if metric.validity == "invalid":
+        text += " INVALID"
+    elif metric.validity == "inconclusive":
+        text += " (inconclusive)"
     return text
 
 
 def delta(metric: Metric | None) -> str:
-    """% vs baseline with its CI ('' for a metric that has no change vs the baseline)."""
-    if not isinstance(metric, RowMetric) or metric.vs_baseline_pct is None:
+    """% vs baseline with its CI, in points for a percentage ('' for a metric with no change vs the baseline)."""
+    if not isinstance(metric, RowMetric):
         return ""
-    text = f"{metric.vs_baseline_pct:+.1f}%"
-    ci = metric.vs_baseline_ci_pct
+    if metric.vs_baseline_pts is not None:
+        text, ci, unit = f"{metric.vs_baseline_pts:+.1f} pts", metric.vs_baseline_ci_pts, ""
+    elif metric.vs_baseline_pct is not None:
+        text, ci, unit = f"{metric.vs_baseline_pct:+.1f}%", metric.vs_baseline_ci_pct, ""
+    else:
+        return ""
     if ci:
-        text += f" [{ci[0]:+.1f}, {ci[1]:+.1f}]"
+        text += f" [{ci[0]:+.1f}, {ci[1]:+.1f}]{unit}"
     return text
 
 
@@ -67,8 +75,9 @@ def render_markdown(report: Report) -> str:
         gpus = ", ".join(str(g) for g in gpus) if isinstance(gpus, list) and gpus else "none"
         out.append(f"- Hardware: {hw.get('cpu_count')} CPUs, {hw.get('memory_gb')} GiB, GPUs: {gpus}")
     out.append(f"- Baseline: **{report.baseline}**; ranked by **{report.primary_metric}** "
-               f"({report.primary_better or '?'} is better; p50 for samples). "
-               "Cells: p50 [95% bootstrap CI of the median]; Δ: % vs baseline [95% CI].")
+               f"({report.primary_better or '?'} is better; p50 for samples; valid figures only). "
+               "Cells: p50 [95% bootstrap CI of the median], INVALID / (inconclusive) where the figure cannot "
+               "be used; Δ: % vs baseline [95% CI], in points (pts) for a percentage.")
     out += ["", "## Ranking", ""]
     seed_cols = [(k, label) for k, label in SEED_PARAMS if any(k in r.params for r in report.configs)]
     header = ["Rank", "Config", *[label for _, label in seed_cols], "Status", "Startup s"]
@@ -96,16 +105,27 @@ def render_markdown(report: Report) -> str:
     out += ["", "## Failures and anomalies", ""]
     failed_tests = [(r.name, k, t) for r in report.configs for k, t in r.failed_tests()]
     if not report.failed and not failed_tests and not any(r.warnings for r in report.configs) \
-            and not report.skipped:
+            and not report.skipped and not report.left_out:
         out.append("- none")
     for item in report.skipped:
         out.append(f"- {item.name}: not run ({item.reason})")
     for item in report.failed:
         out.append(f"- **{item.name}**: {item.reason}")
+    for item in report.left_out:
+        out.append(f"- {item.name}: not ranked: {item.reason}")
     for name, key, test in failed_tests:
         out.append(f"- {name} / {key}: {test.status}: {test.message or ''}".rstrip())
     for row in report.configs:
         out += [f"- {row.name}: warning: {w}" for w in row.warnings]
+    out += ["", "## Between-deployment noise", ""]
+    if report.noise:
+        out += ["Two deployments of the same flags differ by this much; a difference between configs counts as "
+                "significant only beyond it.", "", "| Metric | identical deployments | largest spread |", "|---|---|---|"]
+        out += [f"| {n.metric} | {', '.join(n.pairs)} | {n.spread_pct:.1f} "
+                f"{'pts' if n.unit in ('%', '%/request') else '%'} |" for n in report.noise]
+    else:
+        out.append("Not measured in this run: differences between configs are judged on request-to-request noise "
+                   "only. Measure it with `--vllm-replicas 2` or an A/A grid (configs/aa-cpu.yaml).")
     out += ["", "## Recommendation", "", report.recommendation, "", "## Details per config", ""]
     for row in report.configs:
         out.append(f"### {row.name}")

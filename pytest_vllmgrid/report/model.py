@@ -8,6 +8,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from pytest_vllmgrid.grid import Grid
+from pytest_vllmgrid.judge import PERCENT_UNITS
 from pytest_vllmgrid.numbers import fmt_number as _fmt
 from pytest_vllmgrid.results import HIGHER, LOWER, ConfigResult, ErrorLine, JsonObject, Metric, ResultsStore
 from pytest_vllmgrid.results.models import Better
@@ -31,14 +32,18 @@ class _ReportModel(BaseModel):
 
 
 class RowMetric(Metric):
-    """A config's stored metric plus its % change vs the baseline (with a bootstrap CI when both have samples)."""
+    """A config's stored metric plus its change vs the baseline: % for times and rates (with a bootstrap CI
+    when both have samples), percentage points for a percentage (never a % change of a %)."""
 
     vs_baseline_pct: float | None = None
     vs_baseline_ci_pct: list[float] | None = None
+    vs_baseline_pts: float | None = None
+    vs_baseline_ci_pts: list[float] | None = None
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> JsonObject:
-        return _dump_without_none(self, handler, ("vs_baseline_pct", "vs_baseline_ci_pct"))
+        return _dump_without_none(self, handler, ("vs_baseline_pct", "vs_baseline_ci_pct", "vs_baseline_pts",
+                                                  "vs_baseline_ci_pts"))
 
 
 class TestOutcome(_ReportModel):
@@ -65,11 +70,12 @@ class ConfigRow(_ReportModel):
     failure: str | None = None
     errors: list[ErrorLine] = Field(default_factory=list)
     skip_reason: str | None = None
-    rank: int | None = None  # 1 = best on the primary metric; None = not ranked (no value, or failed)
+    rank: int | None = None  # 1 = best on the primary metric; None = not ranked (no value, failed, not valid)
+    unmet: list[str] = Field(default_factory=list)  # threshold verdicts that did not pass (fail/inconclusive/invalid)
 
     def failed_tests(self) -> list[tuple[str, TestOutcome]]:
-        """(test key, outcome) of the benchmarks that failed or errored."""
-        return [(key, test) for key, test in self.tests.items() if test.status in ("failed", "error")]
+        """(test key, outcome) of the benchmarks that failed, errored or could not decide."""
+        return [(key, test) for key, test in self.tests.items() if test.status in ("failed", "error", "inconclusive")]
 
 
 class Column(_ReportModel):
@@ -96,6 +102,9 @@ class Optimal(_ReportModel):
     vs_baseline_ci_pct: list[float] | None = None
     significant_vs_baseline: bool = False
     is_baseline: bool = False
+    runner_up: str | None = None  # the next valid config, when the two cannot be told apart
+    separated_from_runner_up: bool = True
+    unmet: list[str] = Field(default_factory=list)  # its own criteria that did not pass
 
 
 class RunInfo(_ReportModel):
@@ -134,6 +143,15 @@ class Extensions(_ReportModel):
     columns: list[ExtensionColumn] = Field(default_factory=list)
 
 
+class NoiseEstimate(_ReportModel):
+    """How far two deployments of the same flags landed apart on one headline metric."""
+
+    metric: str
+    pairs: list[str]  # "a vs a~2" for each pair of identical deployments that measured it
+    spread_pct: float  # the largest |change| between two identical deployments, in % (points for a %)
+    unit: str = ""
+
+
 class Report(_ReportModel):
     """The whole report: ranked config rows, the optimal config, trade-offs, failures and a recommendation."""
 
@@ -147,6 +165,8 @@ class Report(_ReportModel):
     configs: list[ConfigRow] = Field(default_factory=list)
     failed: list[ConfigNote] = Field(default_factory=list)
     skipped: list[ConfigNote] = Field(default_factory=list)
+    left_out: list[ConfigNote] = Field(default_factory=list)  # not ranked: the primary figure is not valid
+    noise: list[NoiseEstimate] = Field(default_factory=list)  # between-deployment noise (A/A pairs, replicas)
     optimal: Optimal | None = None
     tradeoffs: list[str] = Field(default_factory=list)
     recommendation: str = ""
@@ -172,6 +192,7 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
     primary = primary or (grid.spec.primary_metric if grid else None)
     primary = primary or next((p for p in PRIMARY_PREFERENCE if p in columns), next(iter(columns), None))
     primary_column = columns.get(primary) if primary else None
+    noise = between_deployment_noise(rows, {name: results[name].config_hash for name in results}, columns)
     ranked = _rank(rows, primary, primary_column.better if primary_column else None)
     report = Report(
         run=RunInfo.model_validate(manifest.model_dump(include=set(RunInfo.model_fields))),
@@ -179,6 +200,10 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
         primary_better=primary_column.better if primary_column else None, columns=columns, configs=ranked,
         failed=[ConfigNote(name=r.name, reason=r.failure) for r in ranked if r.failure],
         skipped=[ConfigNote(name=r.name, reason=r.skip_reason) for r in ranked if r.skip_reason],
+        noise=noise,
+        left_out=[ConfigNote(name=r.name, reason=f"{primary} {m.validity}: {m.validity_reason}")
+                  for r in ranked if not r.failure and primary and (m := r.metrics.get(primary)) is not None
+                  and m.validity != "valid"],
     )
     report.optimal = _optimal(report)
     report.tradeoffs = _tradeoffs(report)
@@ -190,7 +215,8 @@ def _config_row(name: str, data: ConfigResult) -> ConfigRow:
     """One config's status, deployment and flattened metrics (`test.metric`)."""
     row = ConfigRow(name=name, status=data.status, params=data.config_params, config_hash=data.config_hash,
                     server_version=data.server_version, startup_s=data.deployment.startup_time_seconds,
-                    failure=data.failure(), errors=data.errors, skip_reason=data.skip_reason)
+                    failure=data.failure(), errors=data.errors, skip_reason=data.skip_reason,
+                    unmet=[v.message for v in data.verdicts() if v.status not in ("pass", "not judged")])
     for key, test in data.tests.items():
         row.tests[key] = TestOutcome(status=test.status, message=test.message)
         meas = test.measurement
@@ -211,9 +237,19 @@ def _add_vs_baseline(row: ConfigRow, base: ConfigRow | None) -> None:
     for name, metric in row.metrics.items():
         other = base.metrics.get(name)
         new, old = metric.point(), other.point() if other else None
-        if new is None or old in (None, 0):
+        if new is None or old is None or metric.validity == "invalid" or other.validity == "invalid":
+            continue
+        if metric.unit in PERCENT_UNITS:  # a percentage moves in points
+            metric.vs_baseline_pts = new - old
+            if metric.ci is not None and other.ci is not None:
+                metric.vs_baseline_ci_pts = [metric.ci[0] - other.ci[1], metric.ci[1] - other.ci[0]]
+            continue
+        if old == 0:
             continue
         metric.vs_baseline_pct = (new / old - 1) * 100
+        if metric.kind == "value" and metric.ci is not None and other.ci is not None and other.ci[0] > 0:
+            metric.vs_baseline_ci_pct = [(metric.ci[0] / other.ci[1] - 1) * 100, (metric.ci[1] / other.ci[0] - 1) * 100]
+            continue
         a, b = row.samples.get(name), base.samples.get(name)
         if a and b and len(a) >= 2 and len(b) >= 2 and sorted(b)[len(b) // 2] != 0:
             try:
@@ -236,7 +272,8 @@ def _headline_columns(rows: list[ConfigRow]) -> dict[str, Column]:
 def _rank(rows: list[ConfigRow], primary: str | None, better: Better | None) -> list[ConfigRow]:
     """Configs with the primary metric first (best first), then the rest in run order."""
     def key(row: ConfigRow) -> tuple[int, float]:
-        value = row.metrics[primary].point() if primary and primary in row.metrics else None
+        metric = row.metrics.get(primary) if primary else None
+        value = metric.point() if metric is not None and metric.validity == "valid" else None
         if value is None or row.failure:
             return (1, 0.0)
         return (0, -value if better == HIGHER else value)
@@ -247,16 +284,75 @@ def _rank(rows: list[ConfigRow], primary: str | None, better: Better | None) -> 
 
 
 def _optimal(report: Report) -> Optimal | None:
-    """The best-ranked config, and whether it beats the baseline significantly."""
-    for row in report.configs:
-        if row.rank == 1 and report.primary_metric is not None:
-            metric = row.metrics[report.primary_metric]
-            ci = metric.vs_baseline_ci_pct
-            significant = bool(ci) and ((ci[1] < 0) if report.primary_better == LOWER else (ci[0] > 0))
-            return Optimal(name=row.name, value=metric.point(), unit=metric.unit,
-                           vs_baseline_pct=metric.vs_baseline_pct, vs_baseline_ci_pct=ci,
-                           significant_vs_baseline=significant, is_baseline=row.name == report.baseline)
-    return None
+    """The best-ranked config, whether it beats the baseline significantly, and whether it can be told apart
+    from the runner-up at all."""
+    primary = report.primary_metric
+    ranked = sorted((r for r in report.configs if r.rank is not None), key=lambda r: r.rank or 0)
+    if not ranked or primary is None:
+        return None
+    row = ranked[0]
+    metric = row.metrics[primary]
+    ci = metric.vs_baseline_ci_pct
+    delta = noise_pct(report, primary)
+    significant = bool(ci) and ((ci[1] < -delta) if report.primary_better == LOWER else (ci[0] > delta))
+    runner_up = ranked[1] if len(ranked) > 1 else None
+    separated = runner_up is None or _separated(row, runner_up, primary, delta)
+    return Optimal(name=row.name, value=metric.point(), unit=metric.unit, vs_baseline_pct=metric.vs_baseline_pct,
+                   vs_baseline_ci_pct=ci, significant_vs_baseline=significant, is_baseline=row.name == report.baseline,
+                   runner_up=runner_up.name if runner_up else None, separated_from_runner_up=separated,
+                   unmet=row.unmet)
+
+
+def _separated(a: ConfigRow, b: ConfigRow, name: str, noise: float = 0.0) -> bool:
+    """True when two configs' figures differ significantly, beyond the between-deployment noise (`noise` %):
+    a bootstrap CI of their ratio that stays outside [1 - noise, 1 + noise] when both have raw samples, else
+    CIs that stay that far apart."""
+    band = noise / 100
+    sa, sb = a.samples.get(name), b.samples.get(name)
+    if sa and sb and len(sa) >= 2 and len(sb) >= 2 and min(sb) > 0:
+        try:
+            est = ratio_ci(sa, sb)
+        except ValueError:
+            return False
+        return est.ci_high < 1.0 - band or est.ci_low > 1.0 + band
+    ca, cb = a.metrics[name].ci, b.metrics[name].ci
+    if ca is None or cb is None:
+        return False
+    return ca[1] * (1 + band) < cb[0] or cb[1] * (1 + band) < ca[0]
+
+
+def between_deployment_noise(rows: list[ConfigRow], hashes: dict[str, str | None],
+                             columns: dict[str, Column]) -> list[NoiseEstimate]:
+    """For each headline metric, the largest change seen between two deployments of identical flags (same
+    config hash: an A/A grid's twins, or --vllm-replicas' copies): what a config-to-config difference must exceed."""
+    groups: dict[str, list[ConfigRow]] = {}
+    for row in rows:
+        if not row.failure and hashes.get(row.name):
+            groups.setdefault(hashes[row.name] or "", []).append(row)
+    twins = [(g[0], other) for g in groups.values() if len(g) > 1 for other in g[1:]]
+    out = []
+    for name, column in columns.items():
+        spreads, pairs = [], []
+        for first, other in twins:
+            a, b = first.metrics.get(name), other.metrics.get(name)
+            va, vb = (a.point() if a else None), (b.point() if b else None)
+            if va is None or vb is None or a.validity == "invalid" or b.validity == "invalid":
+                continue
+            if column.unit in PERCENT_UNITS:
+                spreads.append(abs(vb - va))
+            elif va:
+                spreads.append(abs(vb / va - 1) * 100)
+            else:
+                continue
+            pairs.append(f"{first.name} vs {other.name}")
+        if spreads:
+            out.append(NoiseEstimate(metric=name, pairs=pairs, spread_pct=max(spreads), unit=column.unit))
+    return out
+
+
+def noise_pct(report: Report, metric: str | None) -> float:
+    """The between-deployment spread measured on this metric in this run, in % (0 when not measured)."""
+    return next((n.spread_pct for n in report.noise if n.metric == metric), 0.0)
 
 
 def _tradeoffs(report: Report) -> list[str]:
@@ -267,7 +363,7 @@ def _tradeoffs(report: Report) -> list[str]:
         if name == report.primary_metric or col.better not in (LOWER, HIGHER):
             continue
         scored = [(value, r.name) for r in report.configs if name in r.metrics and not r.failure
-                  and (value := r.metrics[name].point()) is not None]
+                  and r.metrics[name].validity == "valid" and (value := r.metrics[name].point()) is not None]
         if len(scored) < 2:
             continue
         best_value, best = (max if col.better == HIGHER else min)(scored)
@@ -281,20 +377,27 @@ def _tradeoffs(report: Report) -> list[str]:
 
 
 def _recommendation(report: Report) -> str:
-    """One sentence that follows from the numbers."""
+    """One sentence that follows from the valid figures, with what it rests on and what it cannot claim."""
     opt = report.optimal
     primary = report.primary_metric
+    left = f" Not ranked (figure not valid): {', '.join(n.name for n in report.left_out)}." if report.left_out else ""
     if opt is None:
-        return "No config produced the primary metric: nothing can be recommended from this run."
+        what = primary or "primary metric"
+        return f"No config produced a valid {what}: nothing can be recommended from this run.{left}"
+    caveat = (f" Caution: {opt.name} does not meet its own criteria: {'; '.join(opt.unmet)}." if opt.unmet else "")
+    if not opt.separated_from_runner_up:
+        return (f"No significant difference on {primary} between {opt.name} ({_fmt(opt.value)} {opt.unit}) and "
+                f"{opt.runner_up}: the 95% CIs do not separate; keep the baseline {report.baseline} or measure with "
+                f"more repetitions.{caveat}{left}")
     if opt.is_baseline:
         return (f"Keep the baseline {opt.name}: no other config beats its {primary} "
-                f"({_fmt(opt.value)} {opt.unit}).")
+                f"({_fmt(opt.value)} {opt.unit}).{caveat}{left}")
     change = opt.vs_baseline_pct
     ci = opt.vs_baseline_ci_pct
     ci_text = f" (95% CI {ci[0]:+.1f}% to {ci[1]:+.1f}%)" if ci else ""
     change_text = f"{change:+.1f}% vs baseline{ci_text}" if change is not None else "no baseline value to compare"
     if opt.significant_vs_baseline:
-        return f"Deploy {opt.name}: best {primary} at {_fmt(opt.value)} {opt.unit}, {change_text}."
+        return f"Deploy {opt.name}: best {primary} at {_fmt(opt.value)} {opt.unit}, {change_text}.{caveat}{left}"
     return (f"{opt.name} ranks first on {primary} ({_fmt(opt.value)} {opt.unit}, {change_text}), "
             f"but the difference from the baseline {report.baseline} is not statistically significant: "
-            "keep the baseline or measure with more repetitions.")
+            f"keep the baseline or measure with more repetitions.{caveat}{left}")
