@@ -65,8 +65,13 @@ class BenchSettings(BaseModel):
     kv_max_tokens: int = Field(4, ge=1)
     # throughput
     concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16])
-    throughput_requests: int = Field(32, ge=1)
-    throughput_max_duration_s: float = Field(120.0, gt=0)
+    throughput_min_duration_s: float = Field(10.0, gt=0, description="a level's measured span ends once it "
+                                             "lasted this long or throughput_requests finished, whichever first")
+    throughput_requests: int = Field(200, ge=1, description="finished requests that end a level's span (or "
+                                     "throughput_min_duration_s); never before 4 x windows x concurrency")
+    throughput_windows: int = Field(5, ge=3, le=1000, description="equal windows the span is cut into: the "
+                                    "rates' 95% CI is taken over them")
+    throughput_max_duration_s: float = Field(120.0, gt=0, description="hard cap on a level's span")
     throughput_max_tokens: int = Field(64, ge=1)
     throughput_prompt_tokens: int = Field(128, ge=1)
     throughput_ignore_eos: bool = Field(True, description="fixed output length, so configs compare like for like")

@@ -1,4 +1,25 @@
-"""Bounded load runners: fixed concurrency (closed loop) or fixed request rate (open loop)."""
+"""Bounded load runners: fixed concurrency (closed loop) or fixed request rate (open loop), and the
+sustained closed loop the throughput benchmark measures in windows.
+
+Sustained throughput (`run_sustained`, `split_windows`, `window_mean`, `batch_median_ci`): a closed loop
+keeps `concurrency` requests in flight, first for a warm-up (its first `warmup_requests` completions,
+discarded), then, without draining (a loop started from empty runs its first wave in lock-step), over a
+measured *span* that ends as soon as it has lasted `min_duration_s` or `min_requests` more requests have
+finished (whichever comes first), never before every window has seen the in-flight set turn over
+TURNOVERS_PER_WINDOW times on average (`span_floor_requests`), and never later than `max_duration_s`.
+Nothing starts after the span; requests in flight then finish (nothing is cancelled), but what they
+deliver after it (the drain) is not counted.
+
+The span is cut into equal consecutive windows by time. A window's output tokens are the completion tokens
+*streamed* in it: a request's usage count is spread evenly over its streamed chunks and each chunk counts
+in the window it arrived in, so a request in flight at a boundary is split between the windows it streamed
+in. A window's requests are request-equivalents counted the same way (a request's share = its tokens in the
+window / its tokens); its finished requests are kept beside them. Whole requests counted where they finish
+would make window rates jump by waves: with a fixed output length the requests of a closed loop finish
+in near lock-step, one wave per e2e. A rate is the mean of the per-window rates (for equal windows, the
+span's total over its length) with a t 95 % CI over the windows (batch means: the window is the unit,
+n = windows). Latencies under load get the same unit for their median's CI (`batch_median_ci`).
+"""
 
 from __future__ import annotations
 
@@ -10,15 +31,15 @@ import os
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, TypeVar
 
 import numpy as np
 
 from pytest_vllmgrid.client import RequestRecord
-from pytest_vllmgrid.stats import statistic_named
+from pytest_vllmgrid.stats import statistic_named, t_quantile
 
 ARRIVALS = ("constant", "poisson")
 # Event-loop timers have ~1 ms granularity, so a send is paced by waking shortly before it and
@@ -43,7 +64,11 @@ class LoadResult:
     target: float  # the concurrency or the request rate asked for
     records: list[RequestRecord]
     wall_s: float
-    stopped_by: str  # "count" or "duration"
+    stopped_by: str  # "count" or "duration" (run_sustained: "duration", "requests", "floor" or "max_duration")
+    start: float | None = None  # perf_counter() at the first send
+    span_start: float | None = None  # run_sustained: when the measured span began (the warm-up's end)
+    span_end: float | None = None  # run_sustained: when it ended (nothing was sent after it)
+    warmup_records: list[RequestRecord] = field(default_factory=list)  # run_sustained: the warm-up's requests
 
     @property
     def request_rate(self) -> float:
@@ -232,6 +257,237 @@ async def run_rate(
         records = await _finish_all(tasks)
         wall_s = perf_counter() - start
     return LoadResult("rate", rate, records, wall_s, stopped_by)
+
+
+TURNOVERS_PER_WINDOW = 4  # a window must see the in-flight set replaced this many times, on average
+
+
+def span_floor_requests(concurrency: int, windows: int) -> int:
+    """Finished requests a sustained span needs whichever rule ends it: TURNOVERS_PER_WINDOW turnovers of the
+    in-flight set per window. With a fixed output length the requests of a closed loop run in lock-step,
+    one wave per e2e; a window holding a wave or two would swing by a wave's prefill gap, and at a high
+    concurrency 200 requests (or 10 s) may be a single wave."""
+    return TURNOVERS_PER_WINDOW * windows * concurrency
+
+
+async def run_sustained(
+    send: Send, *, concurrency: int, min_duration_s: float, min_requests: int, max_duration_s: float,
+    floor_requests: int = 0, warmup_requests: int = 0,
+) -> LoadResult:
+    """Keep `concurrency` requests in flight: first until `warmup_requests` have finished (the warm-up, in
+    `warmup_records`), then over a span (from `span_start`) that ends once it lasted `min_duration_s` or
+    `min_requests` more requests finished (whichever first), but not before `floor_requests` (at least one)
+    finished, and at the latest `max_duration_s` after its start (`stopped_by`: "duration", "requests",
+    "floor" or "max_duration").
+
+    The loop never drains between the warm-up and the span: a closed loop started from empty sends its
+    first wave at once and runs it in lock-step, which the span should not see. Nothing starts after the
+    span's end (`span_end`); requests in flight then are not cancelled, so `records` holds every request
+    that finished after the warm-up and `wall_s` runs from the first send to the last response. A request's
+    planned_send_time is the moment its slot became free, as in run_concurrency.
+    """
+    _check_bounds(min_requests, max_duration_s)
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if not min_duration_s > 0:
+        raise ValueError(f"min_duration_s must be > 0, got {min_duration_s}")
+    warmup: list[tuple[int, RequestRecord]] = []
+    results: list[tuple[int, RequestRecord]] = []
+    next_index = 0
+    finished = 0
+    start = 0.0
+    span_start: float | None = None
+    count_at: float | None = None  # when the min_requests-th request of the span finished
+    floor_at: float | None = None  # when the floor_requests-th request of the span finished
+    floor_requests = max(floor_requests, 1)
+
+    def ended(now: float) -> tuple[float, str] | None:
+        """The span's end and what ended it, once `now` is past it; else None."""
+        if span_start is None:
+            return None
+        cap = span_start + max_duration_s
+        if floor_at is None:
+            return (cap, "max_duration") if now >= cap else None
+        by_time = span_start + min_duration_s
+        first, rule = (count_at, "requests") if count_at is not None and count_at < by_time else (by_time, "duration")
+        end, rule = (floor_at, "floor") if floor_at > first else (first, rule)
+        if end > cap:
+            end, rule = cap, "max_duration"
+        return (end, rule) if now >= end else None
+
+    async def worker() -> None:
+        nonlocal next_index, finished, span_start, count_at, floor_at
+        free_at = start
+        while ended(perf_counter()) is None:
+            index = next_index
+            next_index += 1
+            record = await send(index)
+            record.planned_send_time = free_at
+            free_at = perf_counter()
+            if span_start is None:
+                warmup.append((index, record))
+                if len(warmup) >= warmup_requests:
+                    span_start = free_at
+                continue
+            results.append((index, record))
+            if ended(free_at) is not None:
+                continue  # finished in the drain: counts towards no rule
+            finished += 1
+            if finished == min_requests:
+                count_at = free_at
+            if finished == floor_requests:
+                floor_at = free_at
+
+    with _collector_frozen():
+        start = perf_counter()
+        if warmup_requests <= 0:
+            span_start = start
+        workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+        await _finish_all(workers)
+        wall_s = perf_counter() - start
+    assert span_start is not None  # the workers only stop once the span has ended
+    span_end, stopped_by = ended(float("inf")) or (span_start + max_duration_s, "max_duration")
+    records = [record for _, record in sorted(results, key=lambda pair: pair[0])]
+    return LoadResult("concurrency", concurrency, records, wall_s, stopped_by, start=start, span_start=span_start,
+                      span_end=span_end, warmup_records=[record for _, record in sorted(warmup, key=lambda p: p[0])])
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of a sustained span: what was delivered in [start, end) (perf_counter seconds)."""
+
+    start: float
+    end: float
+    tokens: float  # completion tokens streamed in the window (usage spread over the request's chunks)
+    requests: float  # request-equivalents: each request's share of its tokens streamed in the window
+    good_requests: float  # the same, of requests that met the SLOs
+    finished: int  # successful requests whose response ended in the window
+
+    @property
+    def seconds(self) -> float:
+        """The window's length."""
+        return self.end - self.start
+
+    @property
+    def output_tok_s(self) -> float:
+        """Completion tokens streamed per second."""
+        return self.tokens / self.seconds
+
+    @property
+    def request_rate(self) -> float:
+        """Request-equivalents completed per second."""
+        return self.requests / self.seconds
+
+    @property
+    def goodput_req_s(self) -> float:
+        """Request-equivalents that met the SLOs, per second."""
+        return self.good_requests / self.seconds
+
+    def to_dict(self, origin: float = 0.0) -> dict[str, float | int]:
+        """JSON-ready: times relative to `origin`, rates per second."""
+        return {"start_s": round(self.start - origin, 6), "end_s": round(self.end - origin, 6),
+                "tokens": round(self.tokens, 3), "requests": round(self.requests, 3),
+                "finished": self.finished, "output_tok_s": self.output_tok_s,
+                "request_rate": self.request_rate, "goodput_req_s": self.goodput_req_s}
+
+
+def split_windows(
+    records: Sequence[RequestRecord], start: float, end: float, count: int,
+    good: Callable[[RequestRecord], bool] | None = None,
+) -> list[Window]:
+    """Cut [start, end) into `count` equal windows and count what successful `records` delivered in each:
+    a chunk's tokens (the request's completion tokens / its chunks) in the window the chunk arrived in (a
+    request without chunk times: all of them at its end); tokens outside [start, end) are not counted.
+    `good(record)` picks the requests that count towards goodput."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    if not end > start:
+        raise ValueError(f"the span must have a positive length, got [{start}, {end})")
+    width = (end - start) / count
+    tokens = [0.0] * count
+    shares = [0.0] * count
+    good_shares = [0.0] * count
+    finished = [0] * count
+
+    def slot(moment: float) -> int | None:
+        if not start <= moment < end:
+            return None
+        return min(int((moment - start) / width), count - 1)
+
+    for record in records:
+        if not record.ok or record.end_time is None:
+            continue
+        is_good = good is not None and good(record)
+        if (done := slot(record.end_time)) is not None:
+            finished[done] += 1
+        total = record.completion_tokens or 0
+        times = record.chunk_times if record.chunk_times and total else [record.end_time]
+        per_chunk = total / len(times)
+        share = 1.0 / len(times)
+        for moment in times:
+            index = slot(moment)
+            if index is None:
+                continue
+            tokens[index] += per_chunk
+            shares[index] += share
+            if is_good:
+                good_shares[index] += share
+    return [Window(start + i * width, end if i == count - 1 else start + (i + 1) * width, tokens[i], shares[i],
+                   good_shares[i], finished[i]) for i in range(count)]
+
+
+WINDOW_METHOD = "mean of per-window rates, t 95% CI over windows (batch means; n = windows)"
+
+
+def window_mean(rates: Sequence[float]) -> tuple[float, tuple[float, float] | None]:
+    """The mean of per-window rates with its t 95 % CI over windows (None with fewer than two windows).
+    Rates are kept non-negative: the interval's lower end is clipped at 0."""
+    if not rates:
+        raise ValueError("no window")
+    n = len(rates)
+    mean = sum(rates) / n
+    if n < 2:
+        return mean, None
+    sd = (sum((r - mean) ** 2 for r in rates) / (n - 1)) ** 0.5
+    half = t_quantile(0.975, n - 1) * sd / n ** 0.5
+    return mean, (max(0.0, mean - half), mean + half)
+
+
+def by_window(records: Sequence[RequestRecord], start: float, end: float, count: int,
+              moment: Callable[[RequestRecord], float | None]) -> list[list[RequestRecord]]:
+    """Successful `records` grouped into the `count` equal windows of [start, end) by `moment(record)` (e.g. its
+    first token time); a moment before the span counts in the first window, one after it in the last."""
+    if count < 1 or not end > start:
+        raise ValueError(f"need count >= 1 and a positive span, got {count} windows over [{start}, {end})")
+    width = (end - start) / count
+    groups: list[list[RequestRecord]] = [[] for _ in range(count)]
+    for record in records:
+        at = moment(record) if record.ok else None
+        if at is not None:
+            groups[min(max(int((at - start) / width), 0), count - 1)].append(record)
+    return groups
+
+
+BATCH_MEDIAN_METHOD = ("median CI: the wider of a bootstrap over requests and median +- t x SE of the per-window "
+                       "medians (batch means over windows: requests of one wave are not independent)")
+
+
+def batch_median_ci(point: float, groups: Sequence[Sequence[float]],
+                    bootstrap: tuple[float, float] | None) -> tuple[float, float] | None:
+    """A pooled median's 95 % CI with the window as the unit: `point` +- t(W-1) x sd(window medians) / sqrt(W)
+    over the non-empty windows, widened to the request-level `bootstrap` interval where that is wider;
+    the bootstrap interval alone with fewer than two non-empty windows."""
+    medians = [float(np.median(g)) for g in groups if len(g)]
+    if len(medians) < 2:
+        return bootstrap
+    n = len(medians)
+    mean = sum(medians) / n
+    sd = (sum((m - mean) ** 2 for m in medians) / (n - 1)) ** 0.5
+    half = t_quantile(0.975, n - 1) * sd / n ** 0.5
+    low, high = point - half, point + half
+    if bootstrap is not None:
+        low, high = min(low, bootstrap[0]), max(high, bootstrap[1])
+    return max(low, 0.0), high
 
 
 def arrival_offsets(rate: float, arrival: str, seed: int = 0) -> Iterator[float]:

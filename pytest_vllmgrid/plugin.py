@@ -243,7 +243,8 @@ class ProgressHooks:
         if self.gs.progress is None:
             return
         props = dict(report.user_properties)
-        outcome = "error" if report.when == "setup" and report.failed else report.outcome
+        outcome = "error" if report.when == "setup" and report.failed else (
+            "inconclusive" if hasattr(report, "wasxfail") else report.outcome)
         self.gs.progress.test_finished(report.nodeid, report.when, outcome, props.get("vllmgrid_deploy"),
                                        props.get("vllmgrid_headline"))
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-MARKS = {"passed": "✓", "failed": "✗", "error": "E", "skipped": "s"}
+MARKS = {"passed": "✓", "failed": "✗", "error": "E", "skipped": "s", "inconclusive": "?"}
 
 
 def config_of_nodeid(nodeid: str, names: list[str]) -> str | None:

@@ -127,3 +127,41 @@ def test_only_failed_verdicts_fail_a_test_and_the_goal_needs_passes() -> None:
     assert failures(test) == [] and unsure(test)
     result = ConfigResult(config_name="cfg", timestamp="t", tests={"ttft": test})
     assert goal_met(["ttft.ttft_ms"], result) is False
+
+
+NOT_CONCLUSIVE = """
+from pytest_vllmgrid.measurement import Measurement
+
+def test_two_samples(vllm_bench):
+    m = Measurement(method="two requests only")
+    m.add_sample("ttft_ms", [1.0, 2.0], "ms", "lower", headline=True)
+    vllm_bench.finish(m)
+    vllm_bench.check_thresholds()
+"""
+
+
+def run_not_conclusive(pytester, write_grid, *args: str):
+    from conftest import fake_grid
+
+    grid = write_grid(fake_grid([{"name": "base"}]))
+    pytester.makepyfile(test_nc=NOT_CONCLUSIVE)
+    return pytester.runpytest_subprocess("--grid", str(grid), "--results-dir", "out", "-p", "no:cacheprovider",
+                                         "-rx", *args)
+
+
+def test_a_benchmark_that_cannot_decide_is_an_xfail_with_its_reason_never_a_pass(pytester, write_grid):
+    import json
+
+    result = run_not_conclusive(pytester, write_grid)
+    result.assert_outcomes(xfailed=1)
+    result.stdout.fnmatch_lines(["*base: done in *: two_samples ?*", "*1.50 ms INVALID*"])
+    stored = json.loads((pytester.path / "out" / "base.json").read_text())["tests"]["two_samples"]
+    assert stored["status"] == "inconclusive" and "too few samples" in stored["message"]
+    assert stored["measurement"]["metrics"]["ttft_ms"]["validity"] == "invalid"
+    assert "base / two_samples: inconclusive" in (pytester.path / "out" / "report.md").read_text()
+
+
+def test_the_ci_policy_turns_a_benchmark_that_cannot_decide_into_a_failure(pytester, write_grid):
+    result = run_not_conclusive(pytester, write_grid, "--vllm-inconclusive", "fail")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*not conclusive: base: ttft_ms: INVALID (too few samples (n=2 < 3))*"])

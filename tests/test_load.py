@@ -20,6 +20,9 @@ from pytest_vllmgrid.load import (
     run_concurrency,
     run_event_loop,
     run_rate,
+    run_sustained,
+    split_windows,
+    window_mean,
 )
 
 PROMPT = [{"role": "user", "content": "hello"}]
@@ -230,6 +233,26 @@ def test_rate_run_with_real_client_gets_every_request_and_token() -> None:
     assert (len(result.records), result.error_count) == (100, 0)
     assert sum(r.completion_tokens for r in result.records) == 1600
     assert len(result.lags) == 100 and result.lag_p50_s <= result.lag_p99_s
+
+
+def test_sustained_run_with_real_client_counts_every_streamed_token_in_its_window() -> None:
+    """A warm-up, then a 1 s span in 4 windows at concurrency 4 against a server streaming 16 tokens 5 ms
+    apart: the windows hold every token streamed in the span, none after it, and steady rates."""
+    async def main(base_url: str) -> LoadResult:
+        async with ChatClient(base_url, "fault-model", timeout=5.0) as client:
+            send: Send = lambda index: client.chat(PROMPT, max_tokens=16)  # noqa: E731
+            return await run_sustained(send, concurrency=4, warmup_requests=4, min_duration_s=1.0,
+                                       min_requests=10_000, max_duration_s=5)
+
+    with FaultServerProcess("ok", ttft_ms=5, itl_ms=5, tokens=16) as server:
+        result = _run(main(server.base_url))
+    assert len(result.warmup_records) == 4 and result.stopped_by == "duration"
+    assert all(r.ok and r.completion_tokens == 16 and len(r.chunk_times) == 16 for r in result.records)
+    windows = split_windows(result.records, result.span_start, result.span_end, 4)
+    streamed = sum(1 for r in result.records for t in r.chunk_times if result.span_start <= t < result.span_end)
+    assert sum(w.tokens for w in windows) == pytest.approx(streamed)
+    rate, (low, high) = window_mean([w.output_tok_s for w in windows])
+    assert low <= rate <= high and (high - low) / 2 < 0.25 * rate
 
 
 # --- SIGTERM during a benchmark --------------------------------------------------------------------

@@ -20,12 +20,10 @@ def cell(metric: Metric | None, *, with_ci: bool = True) -> str:
         return "–"
     unit = metric.unit
     text = f"{_fmt(value)}{'' if unit in ('x', '%') else ' '}{unit}".strip() if unit != "x" else f"x{_fmt(value)}"
+    if metric.validity != "valid":  # before the CI: a narrow terminal column still shows it
+        text += " INVALID" if metric.validity == "invalid" else " (inconclusive)"
     if with_ci and metric.ci is not None:
         text += f" [{_fmt(metric.ci[0])}–{_fmt(metric.ci[1])}]"
-    if metric.validity == "invalid":
-        text += " INVALID"
-    elif metric.validity == "inconclusive":
-        text += " (inconclusive)"
     return text
 
 
