@@ -46,17 +46,17 @@ class Metric(_Model):
     unit: str = ""
     better: Better | None = None
     headline: bool = False
-    n: int | None = None
-    value: float | None = None  # derived numbers only
+    n: int | None = Field(None, description="the units the figure rests on (requests, pairs, windows...)")
+    value: float | None = Field(None, description="a derived number's value (kind value only)")
     mean: float | None = None
-    stdev: float | None = None
+    stdev: float | None = Field(None, description="sample standard deviation (ddof=1)")
     min: float | None = None
     max: float | None = None
-    p50: float | None = None
+    p50: float | None = Field(None, description="median: what a sample is ranked and judged by")
     p90: float | None = None
     p95: float | None = None
     p99: float | None = None
-    ci_low: float | None = None
+    ci_low: float | None = Field(None, description="95% CI of the median (sample) or of the value")
     ci_high: float | None = None
     method: str = ""
     exact: bool = False  # a count or a server counter: no sampling interval to carry
@@ -236,13 +236,13 @@ class TestResult(_Model):
     message: str | None = None
     duration_s: float | None = None
     measurement: Measurement | None = None
-    thresholds: list[Verdict] = Field(default_factory=list)
     regression_gate: GateRecord | None = None
+    thresholds: list[Verdict] = Field(default_factory=list)
     # the seeds' schema (002): KV-cache figures at the test's top level
-    ttft_cache_miss_ms: float | None = None
-    ttft_cache_hit_ms: float | None = None
-    cache_acceleration: float | None = None
-    gain_percentage: float | None = None
+    ttft_cache_miss_ms: float | None = Field(None, description="seeds' name of kv_cache.ttft_miss_ms p50")
+    ttft_cache_hit_ms: float | None = Field(None, description="seeds' name of kv_cache.ttft_hit_ms p50")
+    cache_acceleration: float | None = Field(None, description="seeds' name of kv_cache.acceleration")
+    gain_percentage: float | None = Field(None, description="seeds' name of kv_cache.gain_pct")
 
     def metric(self, name: str) -> Metric | None:
         """A metric of this test's measurement, or None."""
