@@ -12,7 +12,9 @@ import platform
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pydantic import JsonValue
 
 import httpx
 
@@ -67,9 +69,9 @@ def server_version(deployment: Deployment) -> str | None:
         return None
 
 
-def hardware_info() -> dict[str, Any]:
+def hardware_info() -> dict[str, JsonValue]:
     """CPU, memory and GPU names of this machine."""
-    info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(),
+    info: dict[str, JsonValue] = {"machine": platform.machine(), "system": platform.system(),
                             "cpu_count": os.cpu_count(), "processor": platform.processor() or None}
     try:
         import psutil

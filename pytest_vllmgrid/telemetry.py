@@ -541,7 +541,7 @@ def _r(value: float | None, digits: int = 1) -> float | None:
     return round(float(value), digits) if value is not None else None
 
 
-def _device_summary(series: TelemetrySeries, position: int) -> dict[str, Any]:
+def _device_summary(series: TelemetrySeries, position: int) -> dict[str, JsonValue]:
     """Summary of one device of the series."""
     device = series.devices[position]
     pick = lambda name: [v for _, v in series.values(position, name)]  # noqa: E731
@@ -567,7 +567,7 @@ def _device_summary(series: TelemetrySeries, position: int) -> dict[str, Any]:
     }
 
 
-def summarize_series(series: TelemetrySeries) -> dict[str, Any]:
+def summarize_series(series: TelemetrySeries) -> dict[str, JsonValue]:
     """Per-device and overall summary: util mean/max, peak VRAM MiB and %, max temp, mean power."""
     head = {
         "available": series.available,
@@ -688,7 +688,7 @@ def emit_alerts(alerts: Sequence[Alert], *, fail: bool = False, context: str = "
 
 def measurement_telemetry(
     series: TelemetrySeries, thresholds: AlertThresholds | None = None, *, under_load: bool = True
-) -> dict[str, Any]:
+) -> dict[str, JsonValue]:
     """What a Measurement carries for its window: the summary and the alerts (JSON-safe)."""
     return {
         "summary": summarize_series(series),
