@@ -120,7 +120,8 @@ def render_markdown(report: Report) -> str:
         out += ["Two deployments of the same flags differ by this much; a difference between configs counts as "
                 "significant only beyond it.", "", "| Metric | identical deployments | largest spread |", "|---|---|---|"]
         out += [f"| {n.metric} | {', '.join(n.pairs)} | {n.spread_pct:.1f} "
-                f"{'pts' if n.unit in ('%', '%/request') else '%'} |" for n in report.noise]
+                f"{'pts' if n.unit in ('%', '%/request') else '%'} |" for n in report.noise
+                if n.metric in report.columns or n.metric.endswith("ttft_ms")]
     else:
         out.append("Not measured in this run: differences between configs are judged on request-to-request noise "
                    "only. Measure it with `--vllm-replicas 2` or an A/A grid (configs/aa-cpu.yaml).")

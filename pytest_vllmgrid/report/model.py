@@ -192,7 +192,8 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
     primary = primary or (grid.spec.primary_metric if grid else None)
     primary = primary or next((p for p in PRIMARY_PREFERENCE if p in columns), next(iter(columns), None))
     primary_column = columns.get(primary) if primary else None
-    noise = between_deployment_noise(rows, {name: results[name].config_hash for name in results}, columns)
+    every = {name: Column(unit=m.unit, better=m.better) for row in rows for name, m in row.metrics.items()}
+    noise = between_deployment_noise(rows, {name: results[name].config_hash for name in results}, every)
     ranked = _rank(rows, primary, primary_column.better if primary_column else None)
     report = Report(
         run=RunInfo.model_validate(manifest.model_dump(include=set(RunInfo.model_fields))),
