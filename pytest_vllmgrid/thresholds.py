@@ -24,7 +24,7 @@ METRICS: dict[str, list[str]] = {
                    "errors", "server_ttft_p50_ms"],
     "long_conversation": ["ttft_ms", "tpot_ms", "e2e_ms", "first_turns_ttft_ms", "last_turns_ttft_ms",
                           "degradation_pct", "server_hit_rate_pct", "errors", "server_ttft_p50_ms"],
-    "reasoning": ["ttft_ms", "tpot_ms", "decode_tok_s", "server_decode_tok_s", "e2e_ms", "completion_tokens",
+    "reasoning": ["ttft_ms", "answer_ttft_ms", "tpot_ms", "decode_tok_s", "server_decode_tok_s", "e2e_ms", "completion_tokens",
                   "reasoning_tokens", "content_tokens", "reasoning_share_pct", "errors", "server_ttft_p50_ms"],
     "tool_calling": ["success_rate_pct", "ttft_ms", "tpot_ms", "e2e_ms", "errors", "no_tool_call", "bad_json",
                      "unknown_function", "wrong_function", "schema_mismatch", "server_ttft_p50_ms"],
