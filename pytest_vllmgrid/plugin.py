@@ -110,7 +110,6 @@ def _getopt(config: pytest.Config, dest: str):
 
 def pytest_configure(config: pytest.Config) -> None:
     """Create the run's session object and turn SIGTERM into a clean interrupt."""
-    config.addinivalue_line("markers", "vllm_benchmark(name): a benchmark measured against each grid config")
     for _, dest, _, _ in _OPTIONS:  # fold ini values into the option namespace: one lookup everywhere
         setattr(config.option, dest, _getopt(config, dest))
     policy = config.getoption("vllm_inconclusive")
