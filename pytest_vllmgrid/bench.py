@@ -129,7 +129,7 @@ class Stopping:
     target_pct: float
     checkpoints: list[int]
     half_width_pct: float | None = None
-    stopped_by: str = "count"  # ci_target | max_repetitions | budget_s | count (not adaptive)
+    stopped_by: str = "count"  # ci_target | max_repetitions | budget_s | failed_requests | count (not adaptive)
 
     def describe(self) -> str:
         """One line for the measurement's method."""
@@ -212,6 +212,9 @@ class BenchContext:
                     records.append(await request(client, s.warmup + len(records)))
                     if primary is None or len(records) < checkpoint:
                         continue
+                    if not all(r.ok for r in records):  # more requests cannot make a failing run conclusive
+                        self.stopping.stopped_by = "failed_requests"
+                        break
                     self.stopping.checkpoints.append(len(records))
                     half = ci_half_width_pct(primary(records))
                     self.stopping.half_width_pct = half

@@ -60,7 +60,7 @@ TOOL_CHAT = [
 def build_in_subprocess(cache: Path) -> Path:
     """Build through the command line in a fresh interpreter (keeps torch out of the test process)."""
     out = subprocess.run([sys.executable, "-m", "pytest_vllmgrid.tinymodel", "--cache-dir", str(cache)],
-                         capture_output=True, text=True, timeout=300, check=True)
+                         capture_output=True, text=True, timeout=900, check=True)  # ~1 min idle, more when busy
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -409,3 +409,14 @@ def test_training_renders_the_tools_as_the_benchmark_sends_them() -> None:
     spec.loader.exec_module(benchmark)
     for scenario in TOOL_SCENARIOS.values():
         assert tinymodel.strict_tools(scenario.tools) == benchmark.strict_tools(scenario.tools)
+
+
+def test_a_reordered_benchmark_tool_changes_the_model_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    texts = tinymodel.training_texts()
+    original = tinymodel.recipe_hash(texts)
+    weather = TOOL_SCENARIOS["weather"]
+    reordered = [{"function": weather.tools[0]["function"], "type": "function"}]  # same JSON object, other text
+    monkeypatch.setitem(TOOL_SCENARIOS, "weather", dataclasses.replace(weather, tools=reordered))
+    assert tinymodel.recipe_hash(texts) != original
