@@ -202,17 +202,15 @@ def test_a_span_past_its_floor_ends_at_its_duration_not_at_the_floor() -> None:
     assert result.span_end - result.start == pytest.approx(0.3)
 
 
-def test_max_duration_caps_the_span() -> None:
-    fake = _Fake(0.02)
-    result = _sustained(fake, concurrency=2, min_duration_s=30, min_requests=10_000, max_duration_s=0.2)
-    assert result.stopped_by == "max_duration"
-    assert result.span_end - result.start == pytest.approx(0.2)
-
-
-def test_max_duration_caps_a_span_short_of_its_floor() -> None:
-    fake = _Fake(0.05)
-    result = _sustained(fake, concurrency=1, min_duration_s=0.05, min_requests=1, max_duration_s=0.2,
-                        floor_requests=1000)
+@pytest.mark.parametrize("delay_s, concurrency, min_duration_s, min_requests, floor", [
+    (0.02, 2, 30, 10_000, None),  # the span's duration is never reached
+    (0.05, 1, 0.05, 1, 1000),  # the span is short of its floor
+], ids=["duration", "floor"])
+def test_max_duration_caps_the_span(delay_s, concurrency, min_duration_s, min_requests, floor) -> None:
+    fake = _Fake(delay_s)
+    extra = {"floor_requests": floor} if floor is not None else {}
+    result = _sustained(fake, concurrency=concurrency, min_duration_s=min_duration_s, min_requests=min_requests,
+                        max_duration_s=0.2, **extra)
     assert result.stopped_by == "max_duration"
     assert result.span_end - result.start == pytest.approx(0.2)
     assert all(r.send_time < result.span_end for r in result.records)
