@@ -88,7 +88,7 @@ def vllm_bench(request: pytest.FixtureRequest, vllm_endpoint: Endpoint, vllm_dep
     rules = vllm_session.thresholds()
     ctx = BenchContext(endpoint=vllm_endpoint, config=vllm_config, settings=settings, record=vllm_record,
                        sampler=sampler, alert_thresholds=vllm_session.alert_thresholds(), thresholds=rules,
-                       test_key=key, baseline=lambda: vllm_session.baseline_measurement(key),
+                       test_key=key, baseline=lambda own: vllm_session.baseline_measurement(key, vllm_config.name, own),
                        fail_on_gpu_alerts=rules.spec.telemetry.fail, http=vllm_deployment.http())
     try:
         yield ctx

@@ -339,8 +339,9 @@ class GridSession:
                 raise pytest.UsageError(str(exc)) from None
         return self._thresholds
 
-    def baseline_measurement(self, test_key: str) -> Measurement | None:
-        """The baseline config's stored measurement of a test (this run, or --vllm-baseline-run DIR).
+    def baseline_measurement(self, test_key: str, asking: str, own: Measurement) -> Measurement | None:
+        """The baseline config's measurement of a test (this run, or --vllm-baseline-run DIR); `own` when the
+        config `asking` is this run's baseline (its record is not written yet: waiting for it would hang).
 
         Under pytest-xdist the baseline may still be running on another worker: wait for its result
         (bounded), but only once its file exists — a baseline not yet started could be queued behind
@@ -349,6 +350,8 @@ class GridSession:
         other = self.pytest_config.getoption("vllm_baseline_run")
         store = ResultsStore(Path(other)) if other else self._store()
         name = self.load().baseline
+        if asking == name and not other:
+            return own
         deadline = time.monotonic() + (BASELINE_WAIT_S if self.is_worker and not other else 0)
         while True:
             result = store.load_config(name)

@@ -86,3 +86,28 @@ def test_xdist_without_grid_tests_leaves_no_results_behind(pytester):
     result.assert_outcomes(passed=2)
     assert not (pytester.path / "results").exists()
     assert "report" not in result.stdout.str()
+
+
+RELATIVE = """description: TTFT relative to the baseline, the baseline judged against itself too
+thresholds:
+  ttft.ttft_ms: {max_vs_baseline_pct: 400, skip_baseline: false}
+"""
+
+
+def test_baseline_relative_bounds_under_xdist_judge_every_config_and_never_wait_on_themselves(pytester, write_grid):
+    """The baseline's own record is written only once its outcome is known: it must not wait for it (a hang
+    until the hour-long baseline wait ran out), and the other worker's config waits for it, then is judged."""
+    import shutil
+
+    from conftest import REPO
+
+    shutil.copy(REPO / "benchmarks" / "test_ttft.py", pytester.path / "test_ttft.py")
+    (pytester.path / "th.yaml").write_text(RELATIVE)
+    grid = write_grid(fake_grid(configs("base", "other"), baseline="base", thresholds="th.yaml"))
+    result = pytester.runpytest_subprocess("--grid", str(grid), "-n", "2", "-k", "short", "--results-dir", "out",
+                                           "-p", "no:cacheprovider", "--timeout", "120")
+    result.assert_outcomes(passed=2)
+    for name in ("base", "other"):
+        verdicts = json.loads((pytester.path / "out" / f"{name}.json").read_text())["tests"]["ttft[short]"]["thresholds"]
+        assert [v["status"] for v in verdicts] == ["pass"], (name, verdicts)
+        assert "baseline" in verdicts[0]["message"]
