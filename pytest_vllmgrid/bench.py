@@ -99,14 +99,30 @@ class BenchSettings(BaseModel):
     telemetry_interval_s: float = Field(1.0, gt=0, le=60)
 
 
-def build_settings(grid_section: dict[str, Any] | None, overrides: dict[str, Any], source: str) -> BenchSettings:
-    """Merge the grid's `benchmarks:` section and command-line overrides; errors name the key."""
+def build_settings(grid_section: dict[str, Any] | None, overrides: dict[str, Any], source: str,
+                   override_sources: dict[str, str] | None = None) -> BenchSettings:
+    """Merge the grid's `benchmarks:` section (of grid file `source`) and command-line overrides (each named by
+    `override_sources`, e.g. "--vllm-bench prefix_tokens=2048"); a problem names where the key came from, the
+    field, what is allowed and the closest setting."""
+    where = {key: f"grid file {source} field 'benchmarks.{key}'" for key in grid_section or {}}
+    where.update({key: (override_sources or {}).get(key, f"--vllm-bench {key}") for key in overrides})
     try:
         return BenchSettings.model_validate({**(grid_section or {}), **overrides})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in exc.errors())
-        allowed = ", ".join(BenchSettings.model_fields)
-        raise ValueError(f"{source}: invalid benchmark settings: {problems} (allowed keys: {allowed})") from None
+        raise ValueError("; ".join(_setting_problem(e, where) for e in exc.errors())) from None
+
+
+def _setting_problem(err: Any, where: dict[str, str]) -> str:
+    """One benchmark-setting problem: where it was given, the field, the value, what is allowed."""
+    from pytest_vllmgrid.grid import suggest
+
+    key = str(err["loc"][0]) if err["loc"] else ""
+    label = where.get(key, f"benchmark setting {key!r}")
+    if err["type"] == "extra_forbidden":
+        allowed = list(BenchSettings.model_fields)
+        return f"{label}: unknown benchmark setting {key!r}{suggest(key, allowed)}; allowed: {', '.join(allowed)}"
+    field_name = ".".join(map(str, err["loc"]))
+    return f"{label}: benchmark setting {field_name!r} = {err.get('input')!r}: {err['msg']}"
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -116,9 +132,12 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ValueError(f"--vllm-bench {pair!r}: expected KEY=VALUE")
+            raise ValueError(f"--vllm-bench {pair!r}: expected KEY=VALUE, e.g. prefix_tokens=2048")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"--vllm-bench {pair!r}: the value is not a number, word or [list]") from None
     return out
 
 

@@ -27,6 +27,7 @@ DEPLOYER_OWNED = {
     "api_key": "the grid's `api_key_env` key (the key is passed through the environment, never argv)",
 }
 TINY_MODEL = "@tiny"
+SERVED_MODEL = ""  # deployer endpoint without a `model`: the one model the running server lists
 BUILTIN_DEPLOYERS = ("process", "compose", "endpoint")  # deploy/builtin.py; more through the plugin's hook
 MAX_DOCUMENT_VALUES = 100_000  # values in a grid/thresholds file once YAML aliases are expanded
 MAX_MATRIX_CONFIGS = 10_000
@@ -68,10 +69,32 @@ class ComposeSpec(_Strict):
     base_url: str | None = Field(None, description="how the host reaches the service, e.g. http://127.0.0.1:8000")
 
 
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be a server's base URL (http(s)://HOST[:PORT][/v1]), or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as exc:
+        return f"not a URL ({exc}); expected http://HOST:PORT"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "expected http://HOST:PORT or https://HOST[:PORT] (the server's base URL, /v1 optional)"
+    return None
+
+
 class EndpointSpec(_Strict):
     """An already-running server (deployer: endpoint)."""
 
     base_url: str
+
+    @field_validator("base_url")
+    @classmethod
+    def _a_url(cls, value: str) -> str:
+        problem = url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class MatrixSpec(_Strict):
@@ -141,7 +164,11 @@ class GridFile(_Strict):
     @model_validator(mode="after")
     def _deployer_section(self) -> GridFile:
         if self.deployer == "endpoint" and self.endpoint is None:
-            raise ValueError("deployer 'endpoint' needs an `endpoint: {base_url: ...}` section")
+            raise ValueError("deployer 'endpoint' needs the server's URL: --vllm-endpoint-url URL or an "
+                             "`endpoint: {base_url: ...}` section")
+        if self.model == SERVED_MODEL and self.deployer != "endpoint":
+            raise ValueError(f"grid field 'model' is empty: only deployer 'endpoint' can take the model the server "
+                             f"lists; name one (a path, a hub id such as Qwen/Qwen3-0.6B, or {TINY_MODEL})")
         return self
 
 
@@ -234,13 +261,14 @@ class Grid:
 
 def load_grid(path: str | Path, *, model: str | None = None, baseline: str | None = None,
               deployer: str | None = None, deployer_kinds: tuple[str, ...] | list[str] | None = None,
-              replicas: int = 1) -> Grid:
+              replicas: int = 1, endpoint_url: str | None = None) -> Grid:
     """Read, validate and resolve a grid file; raise GridError naming every problem.
 
     `deployer_kinds`: the kinds `deployer:` (or the `deployer` override, i.e. --vllm-deployer) may name;
     default the built-in ones (the plugin passes those of its hook `pytest_vllmgrid_deployer_kinds` too).
     `replicas` (--vllm-replicas): every config is deployed that many times, interleaved in time (a, b, a~2,
-    b~2...), so the report can measure the noise between two deployments of the same flags."""
+    b~2...), so the report can measure the noise between two deployments of the same flags.
+    `endpoint_url` (--vllm-endpoint-url) replaces the grid's `endpoint:` section."""
     path = Path(path)
     raw = _read_structured(path)
     problems = document_problems(raw)
@@ -251,6 +279,11 @@ def load_grid(path: str | Path, *, model: str | None = None, baseline: str | Non
         raise GridError(path, [f"top level must be a mapping with a `configs` list, got {type(raw).__name__}"])
     raw = {**raw, **overrides}
     problems: list[str] = _deployer_problems(raw.get("deployer", "process"), deployer_kinds, bool(deployer))
+    if endpoint_url:
+        url_problems = _endpoint_url_problems(endpoint_url, raw.get("deployer", "process"))
+        problems += url_problems
+        if not url_problems:
+            raw["endpoint"] = {"base_url": endpoint_url}
     try:
         spec = GridFile.model_validate(raw)
     except ValidationError as exc:
@@ -323,6 +356,17 @@ def _deployer_problems(kind: Any, kinds: tuple[str, ...] | list[str] | None, ove
     where = "--vllm-deployer" if overridden else "grid field 'deployer'"
     hint = suggest(kind, allowed) if isinstance(kind, str) else ""
     return [f"{where} = {_short(kind)}: unknown deployer; allowed: {', '.join(allowed)}{hint}"]
+
+
+def _endpoint_url_problems(url: str, kind: Any) -> list[str]:
+    """--vllm-endpoint-url must be a URL, and is read by the endpoint deployer only."""
+    problem = url_problem(url)
+    if problem:
+        return [f"--vllm-endpoint-url = {_short(url)}: {problem}"]
+    if kind in ("process", "compose"):
+        return [f"--vllm-endpoint-url = {_short(url)}: only the endpoint deployer reads it, and the grid's deployer is "
+                f"{kind!r}; add --vllm-deployer endpoint to measure that server as it runs"]
+    return []
 
 
 def order_configs(configs: list[ServerConfig], baseline: str, phases: list[str] | None = None) -> list[ServerConfig]:
@@ -511,8 +555,10 @@ def _explain(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
             allowed = top_fields if where == "grid" and len(loc) == 1 else None
             hint = f"; allowed: {', '.join(allowed)}{suggest(str(loc[-1]), allowed)}" if allowed else ""
             problems.append(f"{where} field {field_name!r}: unknown key{hint}")
+        elif not loc:  # a rule across fields (model_validator): its message names them
+            problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
         else:
-            problems.append(f"{where} field {field_name!r} = {value}: {err['msg']}")
+            problems.append(f"{where} field {field_name!r} = {value}: {err['msg'].removeprefix('Value error, ')}")
     return problems
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from pytest_vllmgrid.deploy.base import Deployer
 
 DEFAULT_GRID = "cpu-tiny.yaml"
+ENDPOINT_GRID = "endpoint.yaml"  # --vllm-deployer endpoint without a grid: the running server, one config
 DEFAULT_PORT_BASE = 20000
 PORTS_PER_WORKER = 100
 
@@ -32,9 +33,9 @@ class PlacementError(ValueError):
     """An option value this run cannot use (the pytest layer turns it into a UsageError)."""
 
 
-def packaged_default_grid() -> Path:
-    """The embedded default grid (tiny model on the CPU, process deployer)."""
-    return Path(str(resources.files("pytest_vllmgrid").joinpath(f"data/{DEFAULT_GRID}")))
+def packaged_default_grid(name: str = DEFAULT_GRID) -> Path:
+    """An embedded grid: the default (tiny model on the CPU, process deployer), or ENDPOINT_GRID."""
+    return Path(str(resources.files("pytest_vllmgrid").joinpath(f"data/{name}")))
 
 
 def cache_root() -> Path:
@@ -42,23 +43,26 @@ def cache_root() -> Path:
     return Path(os.environ.get("VLLMGRID_CACHE_DIR") or Path.home() / ".cache" / "pytest-vllmgrid")
 
 
-def grid_path(given: str | None, ini: str | None, rootpath: Path) -> Path:
-    """--grid, else the ini's vllm_grid (relative to the rootdir), else the embedded default."""
+def grid_path(given: str | None, ini: str | None, rootpath: Path, deployer: str | None = None) -> Path:
+    """--grid, else the ini's vllm_grid (relative to the rootdir), else the embedded default (with
+    --vllm-deployer endpoint: the one-config grid of the running server)."""
     if given:
         return Path(given)
     if ini:
         return Path(rootpath, ini)
-    return packaged_default_grid()
+    return packaged_default_grid(ENDPOINT_GRID if deployer == "endpoint" else DEFAULT_GRID)
 
 
 def bench_settings(grid: Grid, bench: Any, repetitions: Any = None, warmup: Any = None) -> BenchSettings:
     """Benchmark settings: defaults < grid `benchmarks:` < --vllm-bench KEY=VALUE (`bench`) < --vllm-repetitions /
     --vllm-warmup. A bad value is a ValueError naming the grid file."""
     overrides = parse_overrides(bench or [])
+    sources = {pair.split("=", 1)[0].strip(): f"--vllm-bench {pair}" for pair in bench or []}
     for key, value in (("repetitions", repetitions), ("warmup", warmup)):
         if value is not None:
-            overrides[key] = int(value)
-    return build_settings(grid.spec.benchmarks, overrides, str(grid.path))
+            overrides[key] = value
+            sources[key] = f"--vllm-{key} {value}"
+    return build_settings(grid.spec.benchmarks, overrides, str(grid.path), sources)
 
 
 def results_path(rootpath: Path, *, worker_results_dir: str | None, resume: str | None,

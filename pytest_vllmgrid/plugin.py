@@ -110,8 +110,8 @@ def _getopt(config: pytest.Config, dest: str):
 
 def pytest_configure(config: pytest.Config) -> None:
     """Create the run's session object and turn SIGTERM into a clean interrupt."""
-    for _, dest, _, _ in _OPTIONS:  # fold ini values into the option namespace: one lookup everywhere
-        setattr(config.option, dest, _getopt(config, dest))
+    for _, dest, _, kwargs in _OPTIONS:  # fold ini values into the option namespace: one lookup everywhere
+        setattr(config.option, dest, _typed(dest, _getopt(config, dest), kwargs))
     policy = config.getoption("vllm_inconclusive")
     if policy not in (None, "xfail", "fail"):
         raise pytest.UsageError(f"ini vllm_inconclusive = {policy!r}: allowed values: xfail, fail")
@@ -126,6 +126,22 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
 
 
+def _typed(dest: str, value, kwargs: dict):
+    """An ini value (a string) with its option's type: a number, or a list for a repeatable option."""
+    if not isinstance(value, str):
+        return value
+    if kwargs.get("action") == "append":
+        return value.split()
+    kind = kwargs.get("type")
+    if kind is None:
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        raise pytest.UsageError(f"ini {dest} = {value!r}: expected {'an integer' if kind is int else 'a number'}") \
+            from None
+
+
 def _sigterm_to_interrupt(signum, frame) -> None:
     """SIGTERM is Ctrl+C: a KeyboardInterrupt, except during a benchmark, whose event loop is asked to cancel
     its main task and raise KeyboardInterrupt once it has unwound (load.interrupt_running_loop says why)."""
@@ -134,12 +150,12 @@ def _sigterm_to_interrupt(signum, frame) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Validate an explicitly given grid before collecting anything."""
-    gs = session.config.stash[STASH_KEY]
-    if session.config.getoption("vllm_grid") or session.config.getini("vllm_grid"):
-        gs.load()
-        gs.bench_settings()
-        gs.thresholds()
+    """Validate the grid and every --vllm-* option before collecting (so before deploying) anything, whenever
+    a grid or any of those options is given (a test suite that uses none of them is left alone)."""
+    config = session.config
+    given = [config.getoption(dest) for _, dest, _, kwargs in _OPTIONS if "default" not in kwargs]
+    if any(value is not None and value is not False and value != [] for value in given):
+        config.stash[STASH_KEY].validate()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

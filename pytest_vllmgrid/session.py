@@ -54,7 +54,7 @@ class GridSession:
     def __init__(self, config: pytest.Config) -> None:
         self.pytest_config = config
         self.grid_path = placement.grid_path(config.getoption("vllm_grid"), config.getini("vllm_grid"),
-                                             Path(config.rootpath))
+                                             Path(config.rootpath), deployer=config.getoption("vllm_deployer"))
         self.grid: Grid | None = None
         self.store: ResultsStore | None = None
         self.deployer: Deployer | None = None
@@ -84,10 +84,20 @@ class GridSession:
                 self.grid = load_grid(self.grid_path, model=opt("vllm_model"), baseline=opt("vllm_baseline"),
                                       deployer=opt("vllm_deployer"),
                                       deployer_kinds=deployer_kinds(self.pytest_config.hook),
-                                      replicas=int(opt("vllm_replicas") or 1))
+                                      replicas=int(opt("vllm_replicas") or 1), endpoint_url=opt("vllm_endpoint_url"))
             except GridError as exc:
                 raise pytest.UsageError(str(exc)) from None
         return self.grid
+
+    def validate(self) -> None:
+        """Everything checkable before collecting, so before anything deploys: the grid with its overrides, the
+        benchmark settings, the thresholds, the results directory to resume, the GPU set (UsageErrors)."""
+        self.load()
+        self.bench_settings()
+        self.thresholds()
+        if self.pytest_config.getoption("vllm_resume"):
+            self.results_path()
+        self.gpu_set()
 
     def bench_settings(self) -> BenchSettings:
         """Benchmark settings: defaults < grid `benchmarks:` < --vllm-bench/--vllm-repetitions/--vllm-warmup."""
@@ -336,7 +346,7 @@ class GridSession:
             try:
                 self._thresholds = load_thresholds(path)
             except ThresholdError as exc:
-                raise pytest.UsageError(str(exc)) from None
+                raise pytest.UsageError(f"--vllm-thresholds: {exc}" if given else str(exc)) from None
         return self._thresholds
 
     def baseline_measurement(self, test_key: str, asking: str, own: Measurement) -> Measurement | None:

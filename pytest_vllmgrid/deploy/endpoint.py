@@ -12,7 +12,7 @@ import httpx
 from pytest_vllmgrid.deploy.base import DeploymentError, Deployment, Endpoint
 from pytest_vllmgrid.deploy.options import DeployOptions
 from pytest_vllmgrid.deploy.readiness import wait_until_ready
-from pytest_vllmgrid.grid import Grid, ServerConfig
+from pytest_vllmgrid.grid import SERVED_MODEL, Grid, ServerConfig
 
 
 @dataclass
@@ -22,6 +22,7 @@ class EndpointDeployer:
     options: DeployOptions
     grid_spec: Any = None
     name: str = "endpoint"
+    served: list[str] | None = None  # the model ids /v1/models listed at preflight
 
     @property
     def base_url(self) -> str:
@@ -44,6 +45,22 @@ class EndpointDeployer:
         if resp.status_code != 200:
             raise DeploymentError(f"endpoint {self.base_url}/v1/models answered HTTP {resp.status_code}",
                                   kind="preflight")
+        try:
+            self.served = [str(m.get("id")) for m in resp.json().get("data", [])]
+        except (ValueError, AttributeError, TypeError):
+            self.served = []
+        if any(cfg.model_name == SERVED_MODEL for cfg in grid.configs):
+            self.model_for(grid.configs[0])
+
+    def model_for(self, config: ServerConfig) -> str:
+        """The model the benchmarks ask for: the grid's, else the one model the server lists."""
+        if config.model_name != SERVED_MODEL:
+            return config.model_name
+        if self.served is None or len(self.served) != 1:
+            listed = ", ".join(self.served or []) or "none"
+            raise DeploymentError(f"endpoint {self.base_url} lists {len(self.served or [])} models ({listed}): "
+                                  "name the one to measure with --vllm-model NAME", kind="preflight")
+        return self.served[0]
 
     def plan(self, config: ServerConfig) -> dict[str, Any]:
         """Nothing is deployed: the benchmarks run against the given URL."""
@@ -51,12 +68,12 @@ class EndpointDeployer:
 
     def deploy(self, config: ServerConfig, workdir: Path) -> Deployment:
         """Wait until the endpoint serves the model and a completion; teardown does nothing."""
-        endpoint = Endpoint(self.base_url, config.model_name, self.options.api_key)
+        endpoint = Endpoint(self.base_url, self.model_for(config), self.options.api_key)
         start = time.monotonic()
         ready = wait_until_ready(endpoint, death_reason=lambda: None,
                                  timeout_s=self.options.startup_timeout_s or config.startup_timeout_s,
                                  poll_interval_s=self.options.poll_interval_s, config_name=config.name)
         return Deployment(config_name=config.name, endpoint=endpoint, startup_seconds=time.monotonic() - start,
                           health_check_attempts=ready.attempts, log_path=None,
-                          describe={"deployer": self.name, "endpoint": self.base_url,
+                          describe={"deployer": self.name, "endpoint": self.base_url, "model": endpoint.model,
                                     "params_applied": False, "ready_monotonic": ready.first_ok_monotonic})
