@@ -39,17 +39,28 @@ def vllm_deployment(vllm_config: ServerConfig, vllm_session: GridSession):
     if reason:
         pytest.skip(reason)
     try:
-        deployment = vllm_session.deploy(vllm_config)
+        deployment, failed = vllm_session.deploy(vllm_config), None
     except DeploymentError as exc:
-        vllm_session.terminal_line(f"\nvllmgrid: {vllm_config.name}: deployment failed\n{exc.details()}")
-        tail = "\n".join(exc.log_tail.splitlines()[-FAIL_LOG_LINES:])
-        log = f"\nfull log: {exc.log_path}" if exc.log_path else ""
-        pytest.fail(f"deployment of {vllm_config.name} failed: {exc.summary()}{log}"
-                    + (f"\n--- last log lines ---\n{tail}" if tail else ""), pytrace=False)
+        deployment, failed = None, exc  # failed below: inside `except` pytest would print exc as the context too
+    if failed is not None:
+        fail_deployment(vllm_session, vllm_config, failed)
     try:
         yield deployment
     finally:
         vllm_session.teardown(vllm_config)
+
+
+def fail_deployment(session: GridSession, config: ServerConfig, exc: DeploymentError) -> None:
+    """Fail a config's tests with the deploy's one-line reason. The log tail is shown once: on the terminal as the
+    deploy fails (every test of the config repeats the fixture's error); an xdist worker has no terminal, so
+    there it goes in the error."""
+    tail = "\n".join(exc.log_tail.splitlines()[-FAIL_LOG_LINES:])
+    tail_block = f"\n--- last {FAIL_LOG_LINES} log lines ---\n{tail}" if tail else ""
+    reason = f"{exc.summary()}; full log: {exc.log_path}" if exc.log_path else exc.summary()
+    if session.is_worker:
+        pytest.fail(f"deployment of {config.name} failed: {reason}{tail_block}", pytrace=False)
+    session.terminal_line(f"\nvllmgrid: {config.name}: deployment failed: {reason}{tail_block}")
+    pytest.fail(f"deployment of {config.name} failed: {reason}", pytrace=False)
 
 
 @pytest.fixture

@@ -148,6 +148,8 @@ class GridFile(_Strict):
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     startup_timeout_s: float = Field(600.0, gt=0, le=7 * 24 * 3600)
     env: dict[str, str] = {}
+    offline: bool = Field(False, description="serve with HF_HUB_OFFLINE=1 / TRANSFORMERS_OFFLINE=1: a hub model only "
+                          "from the local cache (always so for the project's own '@' models)")
     defaults: dict[str, ParamValue] = {}
     extra_args: list[str] = []
     baseline: str | None = None

@@ -112,7 +112,7 @@ def deploy_options(grid: Grid, *, api_key_env: str | None = None, startup_timeou
                    compose_project: str | None = None, compose_env_file: str | None = None,
                    min_free_disk_gb: float | str = 5.0, restore: bool = False, endpoint_url: str | None = None,
                    gpu_devices: list[str] | None = None,
-                   port_range: tuple[int, int] | None = None) -> DeployOptions:
+                   port_range: tuple[int, int] | None = None, offline: bool = False) -> DeployOptions:
     """DeployOptions from the command line / ini values (given here) over the grid's own keys."""
     key_env = api_key_env or grid.spec.api_key_env
     compose = grid.spec.compose
@@ -126,7 +126,7 @@ def deploy_options(grid: Grid, *, api_key_env: str | None = None, startup_timeou
         compose_env_file=compose_env_file or (compose.env_file if compose else None),
         min_free_disk_gb=float(min_free_disk_gb), restore=restore,
         endpoint_url=endpoint_url or (grid.spec.endpoint.base_url if grid.spec.endpoint else None),
-        gpu_devices=gpu_devices, port_range=port_range,
+        gpu_devices=gpu_devices, port_range=port_range, offline=bool(offline or grid.spec.offline),
     )
 
 

@@ -37,6 +37,9 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
     (["--vllm-compose-service"], "vllm_compose_service", "compose service running vLLM", {}),
     (["--vllm-compose-project"], "vllm_compose_project", "compose project name", {}),
     (["--vllm-compose-env-file"], "vllm_compose_env_file", "env file passed to compose", {}),
+    (["--vllm-offline"], "vllm_offline", "process deployer: serve with HF_HUB_OFFLINE=1 / TRANSFORMERS_OFFLINE=1, so "
+     "a hub model id loads only from the local cache (preflight says how to fetch one that is not there); always "
+     "on for the project's own '@' models (also the grid key offline)", {"action": "store_true"}),
     (["--vllm-endpoint-url"], "vllm_endpoint_url", "base URL of an already-running server (deployer endpoint)", {}),
     (["--vllm-min-free-disk-gb"], "vllm_min_free_disk_gb", "compose preflight: free disk needed (GB)",
      {"type": float, "default": 5.0}),

@@ -174,7 +174,8 @@ class GridSession:
             compose_file=opt("vllm_compose_file"), compose_service=opt("vllm_compose_service"),
             compose_project=opt("vllm_compose_project"), compose_env_file=opt("vllm_compose_env_file"),
             min_free_disk_gb=opt("vllm_min_free_disk_gb"), restore=opt("vllm_restore"),
-            endpoint_url=opt("vllm_endpoint_url"), gpu_devices=self.gpu_set(), port_range=self.port_range())
+            endpoint_url=opt("vllm_endpoint_url"), gpu_devices=self.gpu_set(), port_range=self.port_range(),
+            offline=opt("vllm_offline"))
 
     def get_deployer(self) -> Deployer:
         """The grid's deployer, preflighted once; preflight failures are UsageErrors."""

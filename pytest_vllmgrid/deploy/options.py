@@ -25,3 +25,4 @@ class DeployOptions:
     endpoint_url: str | None = None
     gpu_devices: list[str] | None = None  # this worker's CUDA_VISIBLE_DEVICES (scale-out)
     port_range: tuple[int, int] | None = None  # this worker's ports (scale-out); None = any free port
+    offline: bool = False  # --vllm-offline / grid `offline: true`: servers never reach the Hugging Face hub

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_vllmgrid.deploy import hub
 from pytest_vllmgrid.deploy.base import DeploymentError, Deployment, Endpoint, tail_file
 from pytest_vllmgrid.deploy.options import DeployOptions
 from pytest_vllmgrid.deploy.owned import OwnedProcesses
@@ -19,10 +20,7 @@ from pytest_vllmgrid.deploy.readiness import wait_until_ready
 from pytest_vllmgrid.grid import TINY_MODEL, Grid, ServerConfig
 
 DEFAULT_VLLM_COMMAND = ("{python}", "-m", "pytest_vllmgrid.vllm_launcher", "serve")
-BASE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
+BASE_ENV = {  # hub offline switches (hub.OFFLINE_ENV) only for the project's own '@' models or when asked
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
     "VLLM_SERVER_DEV_MODE": "1",  # enables POST /reset_prefix_cache for the KV-cache benchmark
@@ -79,10 +77,13 @@ class ProcessDeployer:
     name: str = "process"
 
     def preflight(self, grid: Grid) -> None:
-        """Check the model path and a fixed port before anything starts."""
+        """Check the model (path, hub cache, or the hub when online) and a fixed port before anything starts."""
         cfg = grid.configs[0]
-        if cfg.model != TINY_MODEL and (cfg.model.startswith(("/", ".", "~")) and not Path(cfg.model).expanduser().exists()):
-            raise DeploymentError(f"model path {cfg.model!r} does not exist", kind="model_missing")
+        for model, config in {c.model: c for c in grid.configs}.items():
+            problem = None if model.startswith("@") else hub.model_problem(
+                model, self.environment(config), offline_because=self.offline_reason(config))
+            if problem:
+                raise DeploymentError(problem, kind="model_missing")
         if cfg.port is not None and port_in_use(cfg.host, cfg.port):
             raise DeploymentError(
                 f"port {cfg.port} on {cfg.host} is already in use by another process; "
@@ -98,9 +99,20 @@ class ProcessDeployer:
         return [*prefix, model_path, "--host", config.host, "--port", str(port),
                 "--served-model-name", config.model_name, *config.vllm_args()]
 
+    def offline(self, config: ServerConfig) -> bool:
+        """The server is kept off the hub: the project's own '@' models, or --vllm-offline / grid `offline: true`."""
+        return config.model.startswith("@") or self.options.offline
+
+    def offline_reason(self, config: ServerConfig) -> str:
+        """Who made the server offline, for a message."""
+        if self.options.offline:
+            return "--vllm-offline or the grid's `offline: true`"
+        return "HF_HUB_OFFLINE=1 in the environment"
+
     def environment(self, config: ServerConfig) -> dict[str, str]:
-        """The server's environment: ours, the offline switches, the grid's, and the API key."""
-        env = {**os.environ, **BASE_ENV, **config.env}
+        """The server's environment: ours, our switches, the hub offline switches (when offline), the grid's, and
+        the API key."""
+        env = {**os.environ, **BASE_ENV, **(hub.OFFLINE_ENV if self.offline(config) else {}), **config.env}
         if self.options.gpu_devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.options.gpu_devices)
         if self.options.api_key:
@@ -114,7 +126,8 @@ class ProcessDeployer:
         model = config.model if config.model != TINY_MODEL else "<tiny model, built locally>"
         port = config.port or "<free port>"
         return {"command": self.command(config, port, model),  # type: ignore[arg-type]
-                "env": sorted(set(BASE_ENV) | set(config.env) | ({"VLLM_API_KEY"} if self.options.api_key_env else set()))}
+                "env": sorted(set(BASE_ENV) | set(hub.OFFLINE_ENV if self.offline(config) else ()) | set(config.env)
+                              | ({"VLLM_API_KEY"} if self.options.api_key_env else set()))}
 
     def deploy(self, config: ServerConfig, workdir: Path) -> Deployment:
         """Start the server, wait until it answers a completion, or raise DeploymentError."""
