@@ -18,7 +18,8 @@ import numpy as np
 
 from pytest_vllmgrid.grid import suggest
 from pytest_vllmgrid.numbers import fmt_cell, fmt_number
-from pytest_vllmgrid.results import HIGHER, GateRecord, GateVerdict, Measurement, ResultsStore, TestResult
+from pytest_vllmgrid.results import (HIGHER, ConfigResult, GateRecord, GateVerdict, Machine, Measurement, ResultsStore,
+                                     TestResult, gate_machine_notes, placement_note)
 from pytest_vllmgrid.stats import MIN_SAMPLES_FOR_SIGNIFICANCE, STATISTICS, Comparison, compare_runs_level
 from pytest_vllmgrid.thresholds import METRICS, unknown_metric
 
@@ -225,10 +226,26 @@ def compare_runs(old: Runs, new: Runs, specs: list[GateSpec]) -> list[GateVerdic
             continue
         new_data = [results[config] for results in new_results if config in results]
         old_tests, new_tests = ([d.tests for d in data] for data in (old_data, new_data))
+        machines = machines_note(old_data, new_data)
         for test_key in dict.fromkeys([*(k for t in new_tests for k in t), *(k for t in old_tests for k in t)]):
-            verdicts += judge_test(config, test_key, [t.get(test_key) for t in old_tests],
-                                   [t.get(test_key) for t in new_tests], specs)
+            found = judge_test(config, test_key, [t.get(test_key) for t in old_tests],
+                               [t.get(test_key) for t in new_tests], specs)
+            for verdict in found:
+                verdict.machines = machines
+            verdicts += found
     return verdicts
+
+
+def machines_note(old: Sequence[ConfigResult | None], new: Sequence[ConfigResult | None]) -> str:
+    """'' when a config's OLD and NEW runs were measured on the same machine (host and GPU UUIDs) or where they
+    ran is not recorded; else which run ran where (results.placement_note)."""
+    def side(label: str, results: Sequence[ConfigResult | None]) -> dict[str, Machine | None]:
+        named = [r for r in results if r is not None]
+        return {label if len(named) == 1 else f"{label} {i}": r.deployment.machine() for i, r in enumerate(named, 1)}
+    machines = {**side("OLD", old), **side("NEW", new)}
+    if len({m.key() for m in machines.values() if m is not None}) < 2:  # one machine, or none recorded
+        return ""
+    return placement_note(machines)
 
 
 def unmatched_specs(specs: list[GateSpec], verdicts: list[GateVerdict]) -> list[GateSpec]:
@@ -294,6 +311,7 @@ def summary_lines(verdicts: list[GateVerdict], specs: list[GateSpec], old_root: 
     elif judged:
         lines.append(("runs as the unit: t interval on the log of each run's statistic (column runs: OLD/NEW runs "
                       "judged)", False))
+    lines += [(f"CAUTION: {note}", True) for note in gate_machine_notes(verdicts)]
     lines += [(line, "REGRESSION" in line) for line in render_table(verdicts)] if verdicts else [
         ("(no config/test in common)", True)]
     lines += [(f"WARNING: {s.text} judged nothing: no metric it names has >= {MIN_SAMPLES_FOR_SIGNIFICANCE} raw "
@@ -358,10 +376,16 @@ class RegressionGate:
         """The compared run directories, as the messages name them."""
         return runs_label([store.root for store in self.olds])
 
-    def check(self, new_test: TestResult, config: str, test_key: str) -> list[GateVerdict]:
-        """Judge one test just measured against the OLD runs' same config/test; the verdicts go on its record."""
-        old_tests = [(lambda r: r.tests.get(test_key) if r else None)(old.load_config(config)) for old in self.olds]
+    def check(self, new_test: TestResult, config: str, test_key: str,
+              new_result: ConfigResult | None = None) -> list[GateVerdict]:
+        """Judge one test just measured against the OLD runs' same config/test; the verdicts go on its record.
+        `new_result`: this run's stored config (its deployment says where it ran)."""
+        old_results = [old.load_config(config) for old in self.olds]
+        old_tests = [r.tests.get(test_key) if r else None for r in old_results]
         verdicts = judge_test(config, test_key, old_tests, new_test, self.specs)
+        machines = machines_note(old_results, [new_result]) if new_result is not None else ""
+        for verdict in verdicts:
+            verdict.machines = machines
         if verdicts:
             new_test.regression_gate = GateRecord(compared_with=self.label, verdicts=verdicts)
         return verdicts

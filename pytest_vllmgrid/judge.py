@@ -239,14 +239,22 @@ def unsure(test: TestResult) -> list[str]:
 
 def goal_met(goal: list[str], result: ConfigResult) -> bool:
     """Every goal metric was judged on this config and all its bounds passed."""
+    return not goal_shortfall(goal, result)
+
+
+def goal_shortfall(goal: list[str], result: ConfigResult) -> list[str]:
+    """Why this config does not meet the goal: each goal bound that did not pass (its verdict's message), and
+    each goal metric no bound was judged on; [] when the goal is met."""
     verdicts = result.verdicts()
+    reasons = []
     for metric in goal:
         test, name = metric.rsplit(".", 1)
         mine = [v for v in verdicts if v.metric.rsplit(".", 1)[1] == name
                 and v.metric.rsplit(".", 1)[0].split("[", 1)[0] in (test, test.split("[", 1)[0])]
-        if not mine or not all(v.status == "pass" for v in mine):
-            return False
-    return True
+        if not mine:
+            reasons.append(f"{metric}: not judged on {result.config_name}")
+        reasons += [v.message for v in mine if v.status != "pass"]
+    return reasons
 
 
 def _show(value: float | None, ci: tuple[float, float] | None, unit: str) -> str:

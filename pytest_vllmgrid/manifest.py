@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from pydantic import JsonValue
 
@@ -87,6 +89,23 @@ def hardware_info() -> dict[str, JsonValue]:
         info["gpus"] = []
         info["gpu_probe"] = f"{type(exc).__name__}: {exc}"[:200]
     return info
+
+
+def machine_facts(gpu_devices: list[str] | None, endpoint_url: str | None = None) -> dict[str, JsonValue]:
+    """Where a config's server runs: `host` and `gpu_uuids` (NVML UUIDs of the GPUs it was given: `gpu_devices`,
+    else this process's CUDA_VISIBLE_DEVICES; None without NVML). A remote endpoint's host is its URL's, and its
+    GPUs cannot be read from here."""
+    remote = urlsplit(endpoint_url).hostname if endpoint_url else None
+    if remote and remote not in ("localhost", "127.0.0.1", "::1", "0.0.0.0"):
+        return {"host": remote, "gpu_uuids": None}
+    from pytest_vllmgrid.telemetry import TelemetryUnavailable, resolve_devices
+
+    visible = ",".join(gpu_devices) if gpu_devices is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        uuids: list[JsonValue] | None = [d.uuid for d in resolve_devices(visible)]
+    except TelemetryUnavailable:
+        uuids = None
+    return {"host": socket.gethostname(), "gpu_uuids": uuids}
 
 
 def package_version(dist: str) -> str | None:

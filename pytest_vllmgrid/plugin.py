@@ -425,7 +425,8 @@ def check_regression(config: pytest.Config, cfg_name: str, test_key: str) -> Non
     test = gs.pending_test(cfg_name, test_key)
     if gs.regression_gate is None or test is None:
         return
-    failed = [v for v in gs.regression_gate.check(test, cfg_name, test_key) if v.failed]
+    stored = gs.store.load_config(cfg_name) if gs.store is not None else None  # where this run's server ran
+    failed = [v for v in gs.regression_gate.check(test, cfg_name, test_key, stored) if v.failed]
     if failed:
         pytest.fail(f"regression vs {gs.regression_gate.label}: " + "; ".join(v.message() for v in failed),
                     pytrace=False)

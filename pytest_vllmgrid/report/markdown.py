@@ -94,9 +94,11 @@ def render_markdown(report: Report) -> str:
             cells += [cell(metric), delta(metric)]
         cells += [_table_text(col.cells.get(row.name, "")) for col in extra_cols]
         out.append("| " + " | ".join(cells) + " |")
+    if report.machines_note:
+        out += ["", f"**Caution: {report.machines_note}.**"]
     opt = report.optimal
     out += ["", "## Optimal configuration", ""]
-    out.append(f"**{opt.name}**" if opt else "none (no config produced the primary metric)")
+    out.append(f"**{opt.name}**{optimal_suffix(report)}" if opt else "none (no config produced the primary metric)")
     out += ["", "## Trade-offs", ""]
     out += [f"- {line}" for line in report.tradeoffs] or ["- none: the optimal config is also best on every "
                                                           "other headline metric (or too few configs)."]
@@ -140,6 +142,17 @@ def render_markdown(report: Report) -> str:
     return "\n".join(out) + "\n"
 
 
+def optimal_suffix(report: Report) -> str:
+    """What follows the optimal config's name wherever it is named alone: its shortfall (goal, criteria), or
+    that it meets the goal."""
+    opt = report.optimal
+    if opt is None:
+        return ""
+    if opt.caveat:
+        return f", {opt.caveat}."
+    return f" (meets the goal: {', '.join(report.goal)})" if opt.meets_goal else ""
+
+
 def render_extension_sections(report: Report) -> str:
     """The sections of hook pytest_vllmgrid_report_sections (report.extensions), as Markdown; "" when none."""
     out: list[str] = []
@@ -163,5 +176,7 @@ def render_terminal(report: Report) -> list[str]:
         cells = [str(row.rank or "-"), row.name, row.status or "?", _fmt(row.startup_s),
                  *[cell(row.metrics.get(c)) for c in cols]]
         lines.append("  ".join(c[:w].ljust(w) for c, w in zip(cells, widths)))
+    if report.machines_note:
+        lines.append(f"CAUTION: {report.machines_note}")
     lines.append(f"recommendation: {report.recommendation}")
     return lines

@@ -8,9 +8,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from pytest_vllmgrid.grid import Grid
-from pytest_vllmgrid.judge import PERCENT_UNITS
+from pytest_vllmgrid.judge import PERCENT_UNITS, goal_shortfall
 from pytest_vllmgrid.numbers import fmt_number as _fmt
-from pytest_vllmgrid.results import HIGHER, LOWER, ConfigResult, ErrorLine, JsonObject, Metric, ResultsStore
+from pytest_vllmgrid.results import (HIGHER, LOWER, ConfigResult, ErrorLine, JsonObject, Machine, Metric, ResultsStore,
+                                     placement_note)
 from pytest_vllmgrid.results.models import Better
 from pytest_vllmgrid.stats import ratio_ci
 
@@ -72,6 +73,13 @@ class ConfigRow(_ReportModel):
     skip_reason: str | None = None
     rank: int | None = None  # 1 = best on the primary metric; None = not ranked (no value, failed, not valid)
     unmet: list[str] = Field(default_factory=list)  # threshold verdicts that did not pass (fail/inconclusive/invalid)
+    goal_unmet: list[str] | None = None  # why it misses the run's goal ([] = meets it; None = the run has no goal)
+    host: str | None = None  # where it was measured (None: not recorded, e.g. an older result)
+    gpu_uuids: list[str] | None = None
+
+    def machine(self) -> Machine | None:
+        """Where this config was measured, when its result says."""
+        return Machine(host=self.host, gpu_uuids=self.gpu_uuids) if self.host else None
 
     def failed_tests(self) -> list[tuple[str, TestOutcome]]:
         """(test key, outcome) of the benchmarks that failed, errored or could not decide."""
@@ -105,6 +113,9 @@ class Optimal(_ReportModel):
     runner_up: str | None = None  # the next valid config, when the two cannot be told apart
     separated_from_runner_up: bool = True
     unmet: list[str] = Field(default_factory=list)  # its own criteria that did not pass
+    meets_goal: bool | None = None  # None: the run has no goal
+    goal_unmet: list[str] = Field(default_factory=list)  # why it misses the goal
+    caveat: str = ""  # "but it does NOT meet the goal: ..." (every rendering shows it beside the name); "" = none
 
 
 class RunInfo(_ReportModel):
@@ -167,6 +178,10 @@ class Report(_ReportModel):
     skipped: list[ConfigNote] = Field(default_factory=list)
     left_out: list[ConfigNote] = Field(default_factory=list)  # not ranked: the primary figure is not valid
     noise: list[NoiseEstimate] = Field(default_factory=list)  # between-deployment noise (A/A pairs, replicas)
+    goal: list[str] = Field(default_factory=list)  # the thresholds file's goal metrics (from the run manifest)
+    goal_met_by: list[str] = Field(default_factory=list)  # ranked configs that meet every goal bound
+    crosses_machines: bool = False  # the measured configs ran on more than one host or GPU set
+    machines_note: str = ""  # which configs ran where, when that matters for the comparison
     optimal: Optimal | None = None
     tradeoffs: list[str] = Field(default_factory=list)
     recommendation: str = ""
@@ -184,7 +199,7 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
     order = grid.names if grid else list(results)
     order += [n for n in results if n not in order]
     baseline = (grid.baseline if grid else None) or manifest.baseline or (order[0] if order else None)
-    rows = [_config_row(name, results[name]) for name in order if name in results]
+    rows = [_config_row(name, results[name], manifest.goal) for name in order if name in results]
     base_row = next((r for r in rows if r.name == baseline), None)
     for row in rows:
         _add_vs_baseline(row, base_row)
@@ -195,13 +210,17 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
     every = {name: Column(unit=m.unit, better=m.better) for row in rows for name, m in row.metrics.items()}
     noise = between_deployment_noise(rows, {name: results[name].config_hash for name in results}, every)
     ranked = _rank(rows, primary, primary_column.better if primary_column else None)
+    measured = {r.name: r.machine() for r in rows if r.metrics}  # in run order
     report = Report(
         run=RunInfo.model_validate(manifest.model_dump(include=set(RunInfo.model_fields))),
         results_dir=str(store.root), baseline=baseline, primary_metric=primary,
         primary_better=primary_column.better if primary_column else None, columns=columns, configs=ranked,
         failed=[ConfigNote(name=r.name, reason=r.failure) for r in ranked if r.failure],
         skipped=[ConfigNote(name=r.name, reason=r.skip_reason) for r in ranked if r.skip_reason],
-        noise=noise,
+        noise=noise, goal=manifest.goal,
+        goal_met_by=[r.name for r in ranked if r.rank is not None and r.goal_unmet == []],
+        crosses_machines=len({m.key() for m in measured.values() if m is not None}) > 1,
+        machines_note=placement_note(measured),
         left_out=[ConfigNote(name=r.name, reason=f"{primary} {m.validity}: {m.validity_reason}")
                   for r in ranked if not r.failure and primary and (m := r.metrics.get(primary)) is not None
                   and m.validity != "valid"],
@@ -212,12 +231,14 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
     return report
 
 
-def _config_row(name: str, data: ConfigResult) -> ConfigRow:
-    """One config's status, deployment and flattened metrics (`test.metric`)."""
+def _config_row(name: str, data: ConfigResult, goal: list[str]) -> ConfigRow:
+    """One config's status, deployment, where it ran, its criteria and goal, and flattened metrics (`test.metric`)."""
     row = ConfigRow(name=name, status=data.status, params=data.config_params, config_hash=data.config_hash,
                     server_version=data.server_version, startup_s=data.deployment.startup_time_seconds,
                     failure=data.failure(), errors=data.errors, skip_reason=data.skip_reason,
-                    unmet=[v.message for v in data.verdicts() if v.status not in ("pass", "not judged")])
+                    unmet=[v.message for v in data.verdicts() if v.status not in ("pass", "not judged")],
+                    goal_unmet=goal_shortfall(goal, data) if goal else None, host=data.deployment.host,
+                    gpu_uuids=data.deployment.gpu_uuids)
     for key, test in data.tests.items():
         row.tests[key] = TestOutcome(status=test.status, message=test.message)
         meas = test.measurement
@@ -298,10 +319,28 @@ def _optimal(report: Report) -> Optimal | None:
     significant = bool(ci) and ((ci[1] < -delta) if report.primary_better == LOWER else (ci[0] > delta))
     runner_up = ranked[1] if len(ranked) > 1 else None
     separated = runner_up is None or _separated(row, runner_up, primary, delta)
-    return Optimal(name=row.name, value=metric.point(), unit=metric.unit, vs_baseline_pct=metric.vs_baseline_pct,
-                   vs_baseline_ci_pct=ci, significant_vs_baseline=significant, is_baseline=row.name == report.baseline,
-                   runner_up=runner_up.name if runner_up else None, separated_from_runner_up=separated,
-                   unmet=row.unmet)
+    optimal = Optimal(name=row.name, value=metric.point(), unit=metric.unit,
+                      vs_baseline_pct=metric.vs_baseline_pct, vs_baseline_ci_pct=ci,
+                      significant_vs_baseline=significant, is_baseline=row.name == report.baseline,
+                      runner_up=runner_up.name if runner_up else None, separated_from_runner_up=separated,
+                      unmet=row.unmet, meets_goal=None if row.goal_unmet is None else not row.goal_unmet,
+                      goal_unmet=row.goal_unmet or [])
+    optimal.caveat = _caveat(optimal, report.goal_met_by)
+    return optimal
+
+
+def _caveat(opt: Optimal, goal_met_by: list[str]) -> str:
+    """What the best-ranked config fails, said beside its name wherever it is named: its goal first, then its
+    other criteria, then which configs meet the goal; '' when it fails nothing."""
+    if opt.meets_goal is False:
+        others = [m for m in opt.unmet if m not in opt.goal_unmet]
+        text = f"but it does NOT meet the goal: {'; '.join(opt.goal_unmet)}"
+        text += f"; nor its other criteria: {'; '.join(others)}" if others else ""
+        met = f"; the goal is met by {', '.join(goal_met_by)}" if goal_met_by else "; no config meets the goal"
+        return text + met
+    if opt.unmet:
+        return f"but it does NOT meet its own criteria: {'; '.join(opt.unmet)}"
+    return ""
 
 
 def _separated(a: ConfigRow, b: ConfigRow, name: str, noise: float = 0.0) -> bool:
@@ -378,27 +417,38 @@ def _tradeoffs(report: Report) -> list[str]:
 
 
 def _recommendation(report: Report) -> str:
-    """One sentence that follows from the valid figures, with what it rests on and what it cannot claim."""
+    """One sentence that follows from the valid figures, with what it rests on and what it cannot claim: a config
+    that misses its goal or criteria is named with that shortfall in the same sentence, and a comparison across
+    machines says so."""
+    return _verdict_sentence(report) + (f" Caution: {report.machines_note}." if report.machines_note else "")
+
+
+def _verdict_sentence(report: Report) -> str:
     opt = report.optimal
     primary = report.primary_metric
     left = f" Not ranked (figure not valid): {', '.join(n.name for n in report.left_out)}." if report.left_out else ""
     if opt is None:
         what = primary or "primary metric"
         return f"No config produced a valid {what}: nothing can be recommended from this run.{left}"
-    caveat = (f" Caution: {opt.name} does not meet its own criteria: {'; '.join(opt.unmet)}." if opt.unmet else "")
-    if not opt.separated_from_runner_up:
-        return (f"No significant difference on {primary} between {opt.name} ({_fmt(opt.value)} {opt.unit}) and "
-                f"{opt.runner_up}: the 95% CIs do not separate; keep the baseline {report.baseline} or measure with "
-                f"more repetitions.{caveat}{left}")
-    if opt.is_baseline:
-        return (f"Keep the baseline {opt.name}: no other config beats its {primary} "
-                f"({_fmt(opt.value)} {opt.unit}).{caveat}{left}")
     change = opt.vs_baseline_pct
     ci = opt.vs_baseline_ci_pct
     ci_text = f" (95% CI {ci[0]:+.1f}% to {ci[1]:+.1f}%)" if ci else ""
     change_text = f"{change:+.1f}% vs baseline{ci_text}" if change is not None else "no baseline value to compare"
+    if opt.caveat:
+        where = "" if opt.is_baseline else f", {change_text}"
+        apart = ("" if opt.separated_from_runner_up else
+                 f" Nor can it be told apart from {opt.runner_up} (the 95% CIs do not separate).")
+        return (f"{opt.name} is the best measured on {primary} ({_fmt(opt.value)} {opt.unit}{where}), "
+                f"{opt.caveat}.{apart}{left}")
+    if not opt.separated_from_runner_up:
+        return (f"No significant difference on {primary} between {opt.name} ({_fmt(opt.value)} {opt.unit}) and "
+                f"{opt.runner_up}: the 95% CIs do not separate; keep the baseline {report.baseline} or measure with "
+                f"more repetitions.{left}")
+    if opt.is_baseline:
+        return (f"Keep the baseline {opt.name}: no other config beats its {primary} "
+                f"({_fmt(opt.value)} {opt.unit}).{left}")
     if opt.significant_vs_baseline:
-        return f"Deploy {opt.name}: best {primary} at {_fmt(opt.value)} {opt.unit}, {change_text}.{caveat}{left}"
+        return f"Deploy {opt.name}: best {primary} at {_fmt(opt.value)} {opt.unit}, {change_text}.{left}"
     return (f"{opt.name} ranks first on {primary} ({_fmt(opt.value)} {opt.unit}, {change_text}), "
             f"but the difference from the baseline {report.baseline} is not statistically significant: "
-            f"keep the baseline or measure with more repetitions.{caveat}{left}")
+            f"keep the baseline or measure with more repetitions.{left}")

@@ -171,6 +171,7 @@ class GateVerdict(_Model):
     n_new: int = 0
     significant: bool = False
     note: str = ""
+    machines: str = ""  # OLD and NEW measured on different machines: which ran where (results.placement_note)
     spec: str | None = None
     runs_old: int = 1  # stored runs judged on each side (several: runs as the unit)
     runs_new: int = 1
@@ -214,8 +215,14 @@ class GateVerdict(_Model):
             values = f" {fmt_number(self.old)} -> {fmt_cell(self.new, self.unit)}"
         change = f" ({self.change_text()})" if self.change_pct is not None else ""
         allowed = f", allowed {self.allowed_text()}" if self.allowed_pct is not None else ""
-        return f"{self.config}: {self.metric} {self.statistic}{values}{change}{allowed}: {self.verdict_text()}"
+        machines = f" ({self.machines})" if self.machines else ""
+        return (f"{self.config}: {self.metric} {self.statistic}{values}{change}{allowed}: {self.verdict_text()}"
+                f"{machines}")
 
+
+def gate_machine_notes(verdicts: Sequence[GateVerdict]) -> list[str]:
+    """One line per config whose OLD and NEW runs were measured on different machines."""
+    return list(dict.fromkeys(f"{v.config}: {v.machines}" for v in verdicts if v.machines))
 
 
 class GateRecord(_Model):
@@ -273,10 +280,51 @@ class DeploymentRecord(BaseModel):
     teardown_seconds: float | None = None
     worker: str | None = None
     gpu_devices: list[str] | None = None
+    host: str | None = None  # the machine the server ran on; None in results from before it was recorded
+    gpu_uuids: list[str] | None = None  # NVML UUIDs of the GPUs the server was given; None where NVML was not read
 
     def extra_facts(self) -> JsonObject:
         """The deployer-specific fields."""
         return dict(self.model_extra or {})
+
+    def machine(self) -> Machine | None:
+        """Where the config was measured, or None when the result does not say (older runs)."""
+        return Machine(host=self.host, gpu_uuids=self.gpu_uuids) if self.host else None
+
+
+class Machine(_Model):
+    """A host and the GPUs (by NVML UUID) a server ran on: two figures measured on different ones also compare
+    the machines."""
+
+    host: str
+    gpu_uuids: list[str] | None = None
+
+    def key(self) -> tuple[str, tuple[str, ...]]:
+        """What makes two machines the same: the host and the set of GPU UUIDs."""
+        return self.host, tuple(sorted(self.gpu_uuids or []))
+
+    def text(self) -> str:
+        """`h200-a (GPU-8c3f5e1a)`; `h200-a (GPU UUIDs not read)` without NVML."""
+        gpus = ", ".join(uuid[:12] for uuid in self.gpu_uuids) if self.gpu_uuids else "GPU UUIDs not read"
+        return f"{self.host} ({gpus})"
+
+
+def placement_note(machines: Mapping[str, Machine | None]) -> str:
+    """'' when every config whose machine is known ran on the same one; else which configs ran where (the
+    configs whose machine was not recorded named too), for a report or a gate to show beside the comparison."""
+    known = {name: m for name, m in machines.items() if m is not None}
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for name, machine in known.items():
+        groups.setdefault(machine.key(), []).append(name)
+    unknown = [name for name, m in machines.items() if m is None]
+    if len(groups) > 1:
+        where = "; ".join(f"{', '.join(names)} on {known[names[0]].text()}" for names in groups.values())
+        missing = f"; {', '.join(unknown)}: machine not recorded" if unknown else ""
+        return f"measured on different machines: {where}{missing}: the comparison crosses machines"
+    if groups and unknown:
+        return (f"{', '.join(unknown)}: machine not recorded (an older result), so whether the comparison with "
+                f"{next(iter(known.values())).text()} crosses machines cannot be told")
+    return ""
 
 
 class ConfigResult(_Model):
@@ -338,4 +386,5 @@ class RunManifest(BaseModel):
     python: str | None = None
     hardware: JsonObject = Field(default_factory=dict)
     argv: list[str] = Field(default_factory=list)
+    goal: list[str] = Field(default_factory=list)  # the thresholds file's goal metrics (the report judges them)
     regression_gate: GateRecord | None = None
