@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from pytest_vllmgrid.bench import (WILSON_METHOD, BenchContext, MetricsWindow, add_request_samples,
-                                   assert_all_succeeded, percent_with_ci)
+                                   assert_all_succeeded, percent_with_ci, saturates_gpu)
 from pytest_vllmgrid.client import ChatClient, RequestRecord
 from pytest_vllmgrid.load import (BATCH_MEDIAN_METHOD, WINDOW_METHOD, LoadResult, batch_median_ci, by_window,
                                   run_sustained, span_floor_requests, split_windows, window_mean)
@@ -142,7 +142,7 @@ def test_throughput(vllm_bench: BenchContext, concurrency: int) -> None:
     if empty:
         m.warnings.append(f"window(s) {', '.join(map(str, empty))} of {n_win} delivered no token: the windows "
                           f"({span_s / n_win:.2f} s) are shorter than a request's time to first token")
-    vllm_bench.finish(m, window)
+    vllm_bench.finish(m, window, saturating=saturates_gpu(concurrency, s.concurrency))
     assert_all_succeeded(everything)
     vllm_bench.check_thresholds()
 

@@ -309,16 +309,18 @@ class BenchContext:
         return self._token_cache[text]
 
     def finish(self, measurement: Measurement, window: MetricsWindow | None = None,
-               legacy: Mapping[str, float | None] | None = None) -> TestResult:
+               legacy: Mapping[str, float | None] | None = None, *, saturating: bool = False) -> TestResult:
         """Attach server deltas and GPU telemetry and hand the test's record to the fixture, which stores it
-        once the test's outcome is known (`legacy`: the seeds' flat fields)."""
+        once the test's outcome is known (`legacy`: the seeds' flat fields). `saturating`: the benchmark's load
+        is meant to saturate the GPU (see saturates_gpu), so a low mean utilisation is an alert; elsewhere it is
+        reported only (VRAM and temperature alerts apply everywhere)."""
         if window is not None:
             measurement.server = json_object(window.delta.to_dict()) if window.delta is not None else None
             if window.error:
                 measurement.warnings.append(f"server /metrics unavailable: {window.error}")
         series = self.stop_telemetry()
         if series is not None:
-            tele = measurement_telemetry(series, self.alert_thresholds)
+            tele = measurement_telemetry(series, self.alert_thresholds, saturating=saturating)
             if not series.available:
                 tele["unavailable"] = series.reason
             measurement.info["telemetry"] = json_object(tele)
@@ -354,6 +356,12 @@ class BenchContext:
             return None
         sampler, self.sampler = self.sampler, None
         return sampler.stop()
+
+
+def saturates_gpu(concurrency: int, levels: Sequence[int]) -> bool:
+    """Whether a closed loop at `concurrency` is meant to saturate the GPU: the highest of the benchmark's
+    concurrency levels, above 1 (one request at a time leaves a GPU mostly idle whatever the server does)."""
+    return concurrency > 1 and concurrency >= max(levels, default=concurrency)
 
 
 def add_request_samples(m: Measurement, records: Sequence[RequestRecord], window: MetricsWindow) -> list[RequestRecord]:

@@ -645,11 +645,17 @@ class Alert:
         """JSON-safe form."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Alert:
+        """Inverse of to_dict."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
 
 def check_alerts(
-    series: TelemetrySeries, thresholds: AlertThresholds | None = None, *, under_load: bool = True
+    series: TelemetrySeries, thresholds: AlertThresholds | None = None, *, saturating: bool = True
 ) -> list[Alert]:
-    """Alerts for the series: peak VRAM %, max temperature, and (under load) mean utilisation."""
+    """Alerts for the series: peak VRAM %, max temperature, and mean utilisation where the load was meant to
+    saturate the GPU (`saturating`): a single sequential request cannot, so there a low mean is no alert."""
     if not series.available:
         return []
     thresholds = thresholds or AlertThresholds()
@@ -667,13 +673,13 @@ def check_alerts(
             alerts.append(Alert("temperature", index, temp, thresholds.temp_c,
                                 f"{label}: temperature {temp:g} °C > {thresholds.temp_c:g} °C"))
         util = summary["util_mean_pct"]
-        if under_load and thresholds.min_util_pct is not None and util is not None \
+        if saturating and thresholds.min_util_pct is not None and util is not None \
                 and util < thresholds.min_util_pct:
             values = [v for _, v in series.values(pos, "util_pct")]
             below = sum(v < thresholds.min_util_pct for v in values)
             alerts.append(Alert("low_util", index, util, thresholds.min_util_pct,
                                 f"{label}: mean utilisation {util:g} % < {thresholds.min_util_pct:g} % "
-                                f"under load ({below} of {len(values)} samples below)"))
+                                f"under a load meant to saturate it ({below} of {len(values)} samples below)"))
     return alerts
 
 
@@ -687,10 +693,12 @@ def emit_alerts(alerts: Sequence[Alert], *, fail: bool = False, context: str = "
 
 
 def measurement_telemetry(
-    series: TelemetrySeries, thresholds: AlertThresholds | None = None, *, under_load: bool = True
+    series: TelemetrySeries, thresholds: AlertThresholds | None = None, *, saturating: bool
 ) -> dict[str, JsonValue]:
-    """What a Measurement carries for its window: the summary and the alerts (JSON-safe)."""
+    """What a Measurement carries for its window: the summary (utilisation reported always), whether its load
+    was meant to saturate the GPU, and the alerts (low utilisation only where it was) (JSON-safe)."""
     return {
         "summary": summarize_series(series),
-        "alerts": [a.to_dict() for a in check_alerts(series, thresholds, under_load=under_load)],
+        "saturating": saturating,
+        "alerts": [a.to_dict() for a in check_alerts(series, thresholds, saturating=saturating)],
     }

@@ -75,7 +75,7 @@ class TelemetryRules(BaseModel):
 
     vram_pct: float | None = 95.0
     temp_c: float | None = 85.0
-    min_util_pct: float | None = 50.0
+    min_util_pct: float | None = 50.0  # checked only where a benchmark's load is meant to saturate the GPU
     fail: bool = False
 
 

@@ -7,13 +7,19 @@ import json
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from pytest_vllmgrid import telemetry
-from pytest_vllmgrid.report.telemetry import telemetry_markdown, telemetry_plot_png
+from pytest_vllmgrid.bench import BenchContext, BenchSettings, saturates_gpu
+from pytest_vllmgrid.endpoint import Endpoint
+from pytest_vllmgrid.grid import ServerConfig
+from pytest_vllmgrid.measurement import Measurement
+from pytest_vllmgrid.report.telemetry import config_telemetry_markdown, telemetry_markdown, telemetry_plot_png
+from pytest_vllmgrid.results import ConfigResult, TestResult
 from pytest_vllmgrid.telemetry import (
     AlertThresholds,
     DeviceInfo,
@@ -401,9 +407,9 @@ def test_alerts_for_vram_temperature_and_low_utilisation() -> None:
     assert "2 of 2 samples below" in alerts[2].message
 
 
-def test_low_utilisation_is_not_an_alert_when_not_under_load() -> None:
+def test_low_utilisation_is_not_an_alert_where_the_load_is_not_meant_to_saturate() -> None:
     series = synthetic_series([0, 0], [100, 100], [30, 30], [60, 60])
-    assert check_alerts(series, under_load=False) == []
+    assert check_alerts(series, saturating=False) == []
 
 
 def test_values_at_the_threshold_do_not_alert() -> None:
@@ -438,8 +444,65 @@ def test_alerts_are_warnings_unless_failing_is_asked() -> None:
 
 
 def test_measurement_telemetry_is_json_safe() -> None:
-    record = measurement_telemetry(synthetic_series([10], [100], [30], [50]))
+    record = measurement_telemetry(synthetic_series([10], [100], [30], [50]), saturating=True)
     assert json.loads(json.dumps(record))["alerts"][0]["kind"] == "low_util"
+
+
+def test_a_load_not_meant_to_saturate_reports_utilisation_and_alerts_only_heat_and_memory() -> None:
+    # a sequential benchmark on a hot, full GPU at 12 % utilisation (the H200's eager-mode TTFT runs: 14-36 %)
+    record = measurement_telemetry(synthetic_series([12, 12], [960, 960], [90, 90], [100, 100]), saturating=False)
+    assert [a["kind"] for a in record["alerts"]] == ["vram", "temperature"]
+    assert record["saturating"] is False
+    assert record["summary"]["devices"][0]["util_mean_pct"] == 12.0
+
+
+def test_a_load_meant_to_saturate_alerts_low_utilisation_with_the_reason_in_the_message() -> None:
+    record = measurement_telemetry(synthetic_series([12, 12], [100, 100], [40, 40], [100, 100]), saturating=True)
+    assert [a["kind"] for a in record["alerts"]] == ["low_util"] and record["saturating"] is True
+    assert "under a load meant to saturate it (2 of 2 samples below)" in record["alerts"][0]["message"]
+
+
+def test_alert_round_trips_through_its_dict() -> None:
+    alert = check_alerts(synthetic_series([10], [100], [30], [50]))[0]
+    assert telemetry.Alert.from_dict(json.loads(json.dumps(alert.to_dict()))) == alert
+
+
+@pytest.mark.parametrize(("concurrency", "levels", "expected"), [
+    (32, [1, 8, 32], True), (8, [1, 8, 32], False), (1, [1, 8, 32], False), (1, [1], False), (16, [16], True),
+])
+def test_only_the_highest_concurrency_level_above_one_is_meant_to_saturate(concurrency, levels, expected) -> None:
+    assert saturates_gpu(concurrency, levels) is expected
+
+
+def finished_bench(fake_nvml: FakeNvml, saturating: bool) -> tuple[list[TestResult], list[str]]:
+    """A benchmark's finish() over a real sampler reading the fake GPUs (10 % / 20 % utilisation, 40 °C);
+    returns what it recorded and the TelemetryWarning texts it raised."""
+    recorded: list[TestResult] = []
+    sampler = TelemetrySampler(interval_s=0.02).start()
+    bench = BenchContext(endpoint=Endpoint("http://127.0.0.1:9", "m"), config=ServerConfig("cfg", 0, {}),
+                         settings=BenchSettings(), record=recorded.append, sampler=sampler,
+                         alert_thresholds=AlertThresholds(temp_c=39.0))
+    time.sleep(0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bench.finish(Measurement(method="t"), saturating=saturating)
+    return recorded, [str(w.message) for w in caught if issubclass(w.category, TelemetryWarning)]
+
+
+def test_a_sequential_benchmarks_finish_warns_of_heat_but_not_of_low_utilisation(fake_nvml: FakeNvml) -> None:
+    recorded, warned = finished_bench(fake_nvml, saturating=False)
+    tele = recorded[0].measurement.telemetry()
+    assert {a["kind"] for a in tele["alerts"]} == {"temperature"} and tele["saturating"] is False
+    assert tele["summary"]["overall"]["util_mean_pct"] == 15.0  # reported all the same
+    assert warned and not any("utilisation" in w for w in warned)
+    assert not any("utilisation" in w for w in recorded[0].measurement.warnings)
+
+
+def test_a_saturating_benchmarks_finish_warns_of_low_utilisation(fake_nvml: FakeNvml) -> None:
+    recorded, warned = finished_bench(fake_nvml, saturating=True)
+    kinds = [a["kind"] for a in recorded[0].measurement.telemetry()["alerts"]]
+    assert kinds.count("low_util") == 2 and kinds.count("temperature") == 2  # both fake GPUs
+    assert sum("cfg: GPU" in w and "mean utilisation" in w for w in warned) == 2
 
 
 # --------------------------------------------------------------------------- report section
@@ -515,10 +578,10 @@ def test_h100_power_and_temperature_rise_under_load(h100: dict) -> None:
     assert load["temp_max_c"] > idle["temp_max_c"]
 
 
-def test_h100_idle_phase_alerts_low_utilisation_only_under_load(h100: dict) -> None:
+def test_h100_idle_phase_alerts_low_utilisation_only_where_meant_to_saturate(h100: dict) -> None:
     idle = phase(h100, "idle_before")
-    assert [a.kind for a in check_alerts(idle, under_load=True)] == ["low_util"]
-    assert check_alerts(idle, under_load=False) == []
+    assert [a.kind for a in check_alerts(idle, saturating=True)] == ["low_util"]
+    assert check_alerts(idle, saturating=False) == []
 
 
 def test_h100_load_phase_raises_no_alert_at_default_thresholds(h100: dict) -> None:
@@ -540,6 +603,17 @@ def test_h100_replay_through_the_report_section(h100: dict) -> None:
     assert "| h100-idle | 0 · NVIDIA H100 80GB HBM3 |" in md
     assert "⚠ `h100-idle` low_util" in md and "⚠ `h100-load`" not in md
     assert "`cpu`: telemetry unavailable" in md
+
+
+def test_report_section_lists_low_utilisation_only_from_benchmarks_meant_to_saturate(h100: dict) -> None:
+    idle = phase(h100, "idle_before")  # mean utilisation far below 50 %
+    tests = {key: TestResult(measurement=Measurement(method="t", info={"telemetry": measurement_telemetry(
+        idle, saturating=saturating)}, telemetry_series=idle.to_dict())) for key, saturating in
+        (("ttft[short]", False), ("throughput[32]", True))}
+    results = {"gpu": ConfigResult(config_name="gpu", timestamp="2026-12-01T00:00:00Z", tests=tests)}
+    md = config_telemetry_markdown({"gpu": idle}, results)
+    assert md.count("low_util") == 1 and "⚠ `gpu · throughput[32]` low_util" in md
+    assert "in a benchmark whose load is meant to saturate the GPU" in md
 
 
 def test_h100_replay_plot_is_a_png(h100: dict) -> None:

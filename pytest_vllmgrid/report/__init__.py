@@ -12,7 +12,7 @@ from pytest_vllmgrid.report.html import render_store_html
 from pytest_vllmgrid.report.model import Extensions, Report, build_report
 from pytest_vllmgrid.report.markdown import render_extension_sections, render_markdown, render_terminal
 from pytest_vllmgrid.report.plots import telemetry_series_by_config
-from pytest_vllmgrid.report.telemetry import telemetry_markdown
+from pytest_vllmgrid.report.telemetry import config_telemetry_markdown
 from pytest_vllmgrid.telemetry import TelemetrySeries
 from pytest_vllmgrid.results import ConfigResult, JsonObject, ResultsStore
 
@@ -84,7 +84,7 @@ def telemetry_section(results: Mapping[str, ConfigResult]) -> str:
                    if t.measurement is not None and t.measurement.telemetry().get("unavailable")}
         if reasons:
             series[name] = TelemetrySeries.unavailable("; ".join(sorted(reasons)))
-    return telemetry_markdown(series)
+    return config_telemetry_markdown(series, results)
 
 
 def terminal_table(store: ResultsStore, grid: Grid | None = None) -> list[str]:

@@ -13,7 +13,7 @@ from pytest_vllmgrid.report.model import Report
 from pytest_vllmgrid.report.markdown import cell, delta, optimal_suffix, render_markdown, sample_stats
 from pytest_vllmgrid.numbers import fmt_number as _fmt
 from pytest_vllmgrid.report.plots import report_plots, telemetry_series_by_config
-from pytest_vllmgrid.report.telemetry import telemetry_markdown
+from pytest_vllmgrid.report.telemetry import config_telemetry_markdown
 from pytest_vllmgrid.results import ConfigResult, GateRecord, GateVerdict, Metric, ResultsStore, gate_machine_notes
 
 # (selector, declarations); scoped under a class when embedded in pytest-html's page.
@@ -197,7 +197,7 @@ def details_html(report: Report) -> str:
 def telemetry_html(results: Mapping[str, ConfigResult]) -> str:
     """The GPU telemetry section (tables and alerts), only when a config recorded telemetry."""
     series = telemetry_series_by_config(results)
-    return markdown_fragment_html(telemetry_markdown(series)) if series else ""
+    return markdown_fragment_html(config_telemetry_markdown(series, results)) if series else ""
 
 
 def run_info_html(report: Report) -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from pytest_vllmgrid.telemetry import AlertThresholds, TelemetrySeries, check_alerts, summarize_series
+from pytest_vllmgrid.results import ConfigResult
+from pytest_vllmgrid.telemetry import Alert, AlertThresholds, TelemetrySeries, check_alerts, summarize_series
 
 _COLUMNS = (
     "Config", "GPU", "Samples", "Duration s", "Util mean %", "Util max %",
@@ -23,15 +24,17 @@ def _cell(value: object) -> str:
     return str(value).replace("|", "\\|")
 
 
-def _thresholds_line(thresholds: AlertThresholds, under_load: bool) -> str:
+def _thresholds_line(thresholds: AlertThresholds, saturating: bool) -> str:
     """One sentence stating the alert thresholds in force."""
     parts = []
     if thresholds.vram_pct is not None:
         parts.append(f"VRAM > {thresholds.vram_pct:g} %")
     if thresholds.temp_c is not None:
         parts.append(f"temperature > {thresholds.temp_c:g} °C")
-    if thresholds.min_util_pct is not None and under_load:
-        parts.append(f"mean utilisation < {thresholds.min_util_pct:g} % under load")
+    if thresholds.min_util_pct is not None:
+        parts.append(f"mean utilisation < {thresholds.min_util_pct:g} % " + (
+            "under load" if saturating else "in a benchmark whose load is meant to saturate the GPU (throughput at "
+            "its highest concurrency; sequential benchmarks report utilisation without alerting)"))
     return "Alert thresholds (warnings): " + (", ".join(parts) if parts else "none") + "."
 
 
@@ -39,15 +42,19 @@ def telemetry_markdown(
     series_by_config: Mapping[str, TelemetrySeries],
     thresholds: AlertThresholds | None = None,
     *,
-    under_load: bool = True,
+    saturating: bool = True,
+    recorded_alerts: Sequence[tuple[str, Alert]] = (),
 ) -> str:
-    """Markdown section: one table row per config/GPU, unavailable configs with reasons, alerts."""
+    """Markdown section: one table row per config/GPU, unavailable configs with reasons, alerts.
+
+    `saturating`: whether the series' load was meant to saturate the GPU (else low utilisation is no alert on
+    them); `recorded_alerts`: (label, alert) pairs the benchmarks recorded, listed with the series' alerts."""
     thresholds = thresholds or AlertThresholds()
     lines = ["## GPU telemetry", ""]
     if not series_by_config:
         return "\n".join(lines + ["No GPU telemetry was recorded.", ""])
-    lines += [_thresholds_line(thresholds, under_load), ""]
-    rows, unavailable, alerts = [], [], []
+    lines += [_thresholds_line(thresholds, saturating), ""]
+    rows, unavailable, alerts = [], [], list[tuple[str, Alert]]()
     for config, series in series_by_config.items():
         if not series.available:
             unavailable.append(f"- `{config}`: telemetry unavailable: {series.reason or 'no reason recorded'}")
@@ -61,7 +68,8 @@ def telemetry_markdown(
             ])
         if series.errors:
             unavailable.append(f"- `{config}`: {series.errors} NVML reading(s) failed; last: {series.last_error}")
-        alerts += [(config, a) for a in check_alerts(series, thresholds, under_load=under_load)]
+        alerts += [(config, a) for a in check_alerts(series, thresholds, saturating=saturating)]
+    alerts += recorded_alerts
     if rows:
         lines.append("| " + " | ".join(_COLUMNS) + " |")
         lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(_COLUMNS))) + "|")
@@ -76,6 +84,25 @@ def telemetry_markdown(
         lines.append("No telemetry alerts.")
     lines.append("")
     return "\n".join(lines)
+
+
+def recorded_low_util_alerts(results: Mapping[str, ConfigResult]) -> list[tuple[str, Alert]]:
+    """The low-utilisation alerts the benchmarks recorded (only those whose load was meant to saturate the GPU
+    check it), labelled `config · test`: a config's whole series, sequential benchmarks included, is not."""
+    found = []
+    for name, data in results.items():
+        for key, test in data.tests.items():
+            alerts = test.measurement.telemetry().get("alerts") if test.measurement is not None else None
+            found += [(f"{name} · {key}", Alert.from_dict(a)) for a in alerts or []
+                      if isinstance(a, dict) and a.get("kind") == "low_util"]
+    return found
+
+
+def config_telemetry_markdown(series_by_config: Mapping[str, TelemetrySeries],
+                              results: Mapping[str, ConfigResult]) -> str:
+    """The report's section: each config's whole series, alerting on VRAM and temperature, with the
+    low-utilisation alerts of the benchmarks meant to saturate the GPU."""
+    return telemetry_markdown(series_by_config, saturating=False, recorded_alerts=recorded_low_util_alerts(results))
 
 
 def telemetry_plot_png(series_by_config: Mapping[str, TelemetrySeries]) -> bytes:
