@@ -67,7 +67,7 @@ def test_tool_calling(vllm_bench: BenchContext, scenario_name: str, choice: str)
         + (f"seed {s.seed * 100_003} + request index (warm-ups first)" if s.tool_seed_per_request else "unseeded")
         + f", max_tokens {s.tool_max_tokens}; success = a tool call to {scenario.expected_function} whose JSON "
         "arguments validate against its schema"))
-    add_request_samples(m, records, window)
+    add_request_samples(m, records, window, structured_output=None if choice == "auto" else f"tool_choice={choice}")
     rate, ci = percent_with_ci(outcomes[SUCCESS], len(records))
     m.add_value("success_rate_pct", rate, "%", HIGHER, ci=ci, n=len(records), method=WILSON_METHOD)
     for reason in FAILURE_REASONS:

@@ -21,7 +21,8 @@ from pytest_vllmgrid.grid import ServerConfig
 from pytest_vllmgrid.load import run_event_loop
 from pytest_vllmgrid.measurement import LOWER, Measurement
 from pytest_vllmgrid.stats import bootstrap_ci
-from pytest_vllmgrid.server_metrics import MetricsSnapshot, MetricsUnavailable, ServerDelta, diff, fetch_metrics
+from pytest_vllmgrid.server_metrics import (HistogramDelta, MetricsSnapshot, MetricsUnavailable, ServerDelta, diff,
+                                            fetch_metrics)
 from pytest_vllmgrid.judge import NotConclusive, assess, failures, judge_test, unsure
 from pytest_vllmgrid.results.models import JsonObject, TestResult, Verdict, json_object
 from pytest_vllmgrid.thresholds import Thresholds
@@ -364,10 +365,13 @@ def saturates_gpu(concurrency: int, levels: Sequence[int]) -> bool:
     return concurrency > 1 and concurrency >= max(levels, default=concurrency)
 
 
-def add_request_samples(m: Measurement, records: Sequence[RequestRecord], window: MetricsWindow) -> list[RequestRecord]:
+def add_request_samples(m: Measurement, records: Sequence[RequestRecord], window: MetricsWindow, *,
+                        structured_output: str | None = None) -> list[RequestRecord]:
     """Add ttft_ms, tpot_ms, e2e_ms, errors and the server's cross-check of `records`; return the successful ones.
 
     tpot_ms leaves out responses that arrived in one burst (see burst_responses): they carry no decode timing.
+    `structured_output` names the requests' constrained decoding, one of STRUCTURED_OUTPUTS (None: none), so
+    the TTFT cross-check can name where such requests spend their time.
     """
     ok = [r for r in records if r.ok]
     bursts = {id(r) for r in burst_responses(ok, window)}
@@ -376,7 +380,7 @@ def add_request_samples(m: Measurement, records: Sequence[RequestRecord], window
     m.add_sample("e2e_ms", [r.e2e * 1000 for r in ok if r.e2e is not None], "ms", LOWER)
     m.add_value("errors", len(records) - len(ok), "requests", LOWER, n=len(records))
     m.info["error_kinds"] = dict(Counter(r.error.kind for r in records if r.error))
-    _add_server_check(m, window, ok, len(bursts))
+    _add_server_check(m, window, ok, len(bursts), structured_output)
     return ok
 
 
@@ -390,12 +394,113 @@ def burst_responses(ok: Sequence[RequestRecord], window: MetricsWindow) -> list[
             and r.e2e - r.ttft < BURST_FRACTION * (r.completion_tokens - 1) * itl]
 
 
-def _add_server_check(m: Measurement, window: MetricsWindow, ok: Sequence[RequestRecord], bursts: int) -> None:
+# The constrained decodings a benchmark may declare, and what vLLM's API server does with each that can delay
+# the first delta a client sees after the engine's first token (vllm/tool_parsers/streaming.py, 0.26 and 0.32).
+STRUCTURED_OUTPUTS: dict[str, str | None] = {
+    "tool_choice=required": "vLLM streams a tool_choice=required call only once its name and \"parameters\" "
+                            "are generated",
+    "tool_choice=named": None,  # the named call's first delta goes out with the first token
+    "response_format": None,
+}
+
+
+def _mean_ms(histogram: HistogramDelta | None) -> float | None:
+    """A server histogram's mean over the window in ms (None when absent or empty)."""
+    return histogram.mean_s * 1000 if histogram is not None and histogram.mean_s is not None else None
+
+
+@dataclass(frozen=True)
+class TtftGap:
+    """Where the client's mean TTFT beyond the engine's goes, from means over one window (ms).
+
+    vLLM's TTFT and end-to-end histograms both start at the request's arrival stamp, taken when the API server
+    begins rendering the chat template, and its queue and prefill histograms split the engine's TTFT. So
+    client TTFT - engine TTFT = time before the stamp + time from the engine's first token to the client's
+    first delta, and client e2e - engine e2e = time before the stamp (+ the end of the stream): their
+    difference is the time the first delta came after the engine's first token.
+    """
+
+    client_ms: float
+    engine_ms: float
+    queue_ms: float | None = None
+    prefill_ms: float | None = None
+    before_engine_ms: float | None = None  # client e2e mean - engine e2e mean
+    itl_ms: float | None = None
+
+    @property
+    def outside_ms(self) -> float:
+        """Client TTFT mean - engine TTFT mean."""
+        return self.client_ms - self.engine_ms
+
+    @property
+    def after_first_token_ms(self) -> float | None:
+        """From the engine's first token to the client's first delta (None without the e2e histogram)."""
+        return None if self.before_engine_ms is None else self.outside_ms - self.before_engine_ms
+
+    @property
+    def dominant(self) -> str | None:
+        """Which part holds more of the gap: "before_engine" or "after_first_token" (None: unknown)."""
+        after = self.after_first_token_ms
+        if after is None or self.before_engine_ms is None:
+            return None
+        return "after_first_token" if after >= self.before_engine_ms else "before_engine"
+
+    @property
+    def engine_other_ms(self) -> float | None:
+        """Engine TTFT - queue - prefill: from the arrival stamp to the engine core's queue (chat template,
+        tokenisation, hand-over) and scheduling."""
+        if self.queue_ms is None or self.prefill_ms is None:
+            return None
+        return self.engine_ms - self.queue_ms - self.prefill_ms
+
+    def to_check(self) -> JsonObject:
+        """The figures for the measurement's server_check."""
+        return {"client_ttft_mean_ms": self.client_ms, "server_ttft_mean_ms": self.engine_ms,
+                "outside_engine_ttft_ms": self.outside_ms, "server_queue_time_mean_ms": self.queue_ms,
+                "server_prefill_time_mean_ms": self.prefill_ms, "server_ttft_other_ms": self.engine_other_ms,
+                "before_engine_ms": self.before_engine_ms,
+                "after_first_token_ms": self.after_first_token_ms, "outside_engine_dominant": self.dominant}
+
+    def warning(self, structured_output: str | None = None) -> str:
+        """One sentence: the gap, which part of it dominates and its likely cause."""
+        parts = [f"queue {self.queue_ms:.0f} ms"] if self.queue_ms is not None else []
+        parts += [f"prefill {self.prefill_ms:.0f} ms"] if self.prefill_ms is not None else []
+        engine = f"{self.engine_ms:.0f} ms" + (f" ({', '.join(parts)})" if parts else "")
+        head = (f"client TTFT mean {self.client_ms:.0f} ms vs the engine's {engine}: {self.outside_ms:.0f} ms per "
+                "request is spent outside the engine's TTFT")
+        after, before = self.after_first_token_ms, self.before_engine_ms
+        if after is None or before is None:
+            return head + " (API server, network, CPU contention; no server e2e histogram to say which part)"
+        if self.dominant == "after_first_token":
+            tokens = f", ~{after / self.itl_ms:.0f} tokens at its {self.itl_ms:.0f} ms inter-token latency" \
+                if self.itl_ms else ""
+            cause = STRUCTURED_OUTPUTS.get(structured_output or "") or \
+                "a tool-call or reasoning parser holding the first delta back, or a stream delivered late"
+            return (f"{head}: {after:.0f} ms of it after the engine's first token{tokens}, before the API server "
+                    f"sent a delta the client counts ({cause}); {before:.0f} ms before the engine's clock started")
+        text = (f"{head}: {before:.0f} ms of it before the engine's clock started (client - engine end-to-end; "
+                "vLLM starts it when it renders the chat template: HTTP, request parsing, network, CPU contention)")
+        if structured_output is not None and (self.queue_ms is None or self.queue_ms < before / 2):
+            text += (f"; for structured output ({structured_output}) most likely its grammar preparation in the API "
+                     f"server, which the engine's queue time ({_ms_text(self.queue_ms)}) does not hold")
+        return f"{text}; {after:.0f} ms after its first token"
+
+
+def _ms_text(value: float | None) -> str:
+    """'12 ms', or 'not reported'."""
+    return "not reported" if value is None else f"{value:.0f} ms"
+
+
+def _add_server_check(m: Measurement, window: MetricsWindow, ok: Sequence[RequestRecord], bursts: int,
+                      structured_output: str | None = None) -> None:
     """Put the server's own TTFT, inter-token latency and token count over the window beside the client's.
 
-    Warns when the client's TTFT is mostly spent outside the engine, when responses arrived in one burst
-    (their TTFT includes decoding) and when the token counts disagree.
+    Warns when the client's TTFT is mostly spent outside the engine (naming the part: before the engine's
+    clock or after its first token, see TtftGap), when responses arrived in one burst (their TTFT includes
+    decoding) and when the token counts disagree.
     """
+    if structured_output is not None and structured_output not in STRUCTURED_OUTPUTS:
+        raise ValueError(f"structured_output {structured_output!r}: expected one of {list(STRUCTURED_OUTPUTS)}")
     delta = window.delta
     ttft = delta.ttft if delta is not None else None
     itl = delta.inter_token_latency if delta is not None else None
@@ -404,15 +509,20 @@ def _add_server_check(m: Measurement, window: MetricsWindow, ok: Sequence[Reques
         m.add_value("server_ttft_p50_ms", ttft.p50_s * 1000, "ms", LOWER, n=int(ttft.count or 0),
                     method="server histogram vllm:time_to_first_token_seconds, bucket-interpolated median")
     client_ttft = [r.ttft for r in ok if r.ttft is not None]
-    if ttft is not None and ttft.mean_s is not None and client_ttft:
-        client_mean = sum(client_ttft) / len(client_ttft)
-        outside = (client_mean - ttft.mean_s) * 1000
-        check.update(client_ttft_mean_ms=client_mean * 1000, server_ttft_mean_ms=ttft.mean_s * 1000,
-                     outside_engine_ttft_ms=outside)
-        if outside > max(OUTSIDE_ENGINE_MS, 0.5 * client_mean * 1000):
-            m.warnings.append(f"client TTFT mean {client_mean * 1000:.0f} ms vs the engine's "
-                              f"{ttft.mean_s * 1000:.0f} ms: {outside:.0f} ms per request is spent outside the "
-                              "engine (API server, network, CPU contention)")
+    engine_ttft = _mean_ms(ttft)
+    if engine_ttft is not None and client_ttft:
+        client_mean = sum(client_ttft) / len(client_ttft) * 1000
+        client_e2e = [r.e2e for r in ok if r.e2e is not None]
+        engine_e2e = _mean_ms(delta.e2e_latency) if delta is not None else None
+        gap = TtftGap(client_ms=client_mean, engine_ms=engine_ttft, queue_ms=_mean_ms(delta.queue_time),
+                      prefill_ms=_mean_ms(delta.prefill_time), itl_ms=_mean_ms(itl),
+                      before_engine_ms=sum(client_e2e) / len(client_e2e) * 1000 - engine_e2e
+                      if engine_e2e is not None and client_e2e else None)
+        check.update(gap.to_check())
+        if structured_output is not None:
+            check["structured_output"] = structured_output
+        if gap.outside_ms > max(OUTSIDE_ENGINE_MS, 0.5 * client_mean):
+            m.warnings.append(gap.warning(structured_output))
     if itl is not None and itl.mean_s:
         check.update(server_itl_mean_ms=itl.mean_s * 1000, burst_responses=bursts)
     if bursts:

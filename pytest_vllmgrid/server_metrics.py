@@ -27,6 +27,7 @@ TTFT = ("vllm:time_to_first_token_seconds",)
 INTER_TOKEN_LATENCY = ("vllm:inter_token_latency_seconds",)
 E2E_LATENCY = ("vllm:e2e_request_latency_seconds",)
 QUEUE_TIME = ("vllm:request_queue_time_seconds",)
+PREFILL_TIME = ("vllm:request_prefill_time_seconds",)
 CACHE_CONFIG_INFO = "vllm:cache_config_info"
 PROCESS_START = "process_start_time_seconds"
 
@@ -386,6 +387,7 @@ class ServerDelta(JsonRecord):
     inter_token_latency: HistogramDelta | None
     e2e_latency: HistogramDelta | None
     queue_time: HistogramDelta | None
+    prefill_time: HistogramDelta | None = None  # first scheduled -> first token, per finished request
     counter_reset: bool = False
     reset_evidence: list[str] = field(default_factory=list)
 
@@ -404,7 +406,7 @@ _TRACKED_COUNTERS = (
     REQUEST_SUCCESS,
     PREEMPTIONS,
 )
-_TRACKED_HISTOGRAMS = (TTFT, INTER_TOKEN_LATENCY, E2E_LATENCY, QUEUE_TIME)
+_TRACKED_HISTOGRAMS = (TTFT, INTER_TOKEN_LATENCY, E2E_LATENCY, QUEUE_TIME, PREFILL_TIME)
 
 
 def _running_total(
@@ -501,6 +503,7 @@ def diff(before: MetricsSnapshot, after: MetricsSnapshot, /, **label_filter: Any
         inter_token_latency=histogram_delta(INTER_TOKEN_LATENCY),
         e2e_latency=histogram_delta(E2E_LATENCY),
         queue_time=histogram_delta(QUEUE_TIME),
+        prefill_time=histogram_delta(PREFILL_TIME),
         counter_reset=reset,
         reset_evidence=evidence,
     )

@@ -66,6 +66,14 @@ class FaultOptions:
     reasoning_tokens: int = 0  # reasoning chunks sent before the content
     reasoning_field: str = "reasoning_content"
     echo_auth: bool = False  # http_500: put the Authorization header in the error body
+    # Where a request's time goes, as vLLM's histograms see it: the engine's clock starts after api_delay_ms
+    # (like vLLM's arrival stamp: time before it is in no histogram), waits queue_ms (queue time), then
+    # ttft_ms (prefill) to its first token; the first held_tokens tokens are generated but not sent, their
+    # text joining the next delta (vLLM's tool-call parser for tool_choice=required holds a call back until
+    # its name and "parameters" are generated), so the client's first token comes held_tokens x itl_ms later.
+    api_delay_ms: float = 0.0
+    queue_ms: float = 0.0
+    held_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -101,23 +109,64 @@ class ReceivedRequest:
 
 
 @dataclass
+class _Histogram:
+    """One vLLM-like histogram (cumulative buckets on TTFT_BUCKETS)."""
+
+    name: str
+    help: str
+    sum: float = 0.0
+    count: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(TTFT_BUCKETS))
+
+    def observe(self, seconds: float) -> None:
+        """Record one observation."""
+        self.sum += seconds
+        self.count += 1
+        for i, bound in enumerate(TTFT_BUCKETS):
+            if seconds <= bound:
+                self.buckets[i] += 1
+
+    def render(self, label: str) -> list[str]:
+        """Its exposition lines."""
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        lines += [f'{self.name}_bucket{{le="{bound}",{label}}} {float(count)}'
+                  for bound, count in zip(TTFT_BUCKETS, self.buckets, strict=True)]
+        return lines + [
+            f'{self.name}_bucket{{le="+Inf",{label}}} {self.count:.1f}',
+            f"{self.name}_count{{{label}}} {float(self.count)}",
+            f"{self.name}_sum{{{label}}} {self.sum}",
+        ]
+
+
+@dataclass
 class _Metrics:
     """The vLLM-like counters the server exposes on /metrics."""
 
     queries: int = 0
     hits: int = 0
     running: int = 0
-    ttft_sum: float = 0.0
-    ttft_buckets: list[int] = field(default_factory=lambda: [0] * len(TTFT_BUCKETS))
-    ttft_count: int = 0
+    ttft: _Histogram = field(default_factory=lambda: _Histogram(
+        "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds."))
+    e2e: _Histogram = field(default_factory=lambda: _Histogram(
+        "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds."))
+    queue: _Histogram = field(default_factory=lambda: _Histogram(
+        "vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request."))
+    prefill: _Histogram = field(default_factory=lambda: _Histogram(
+        "vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request."))
+    itl: _Histogram = field(default_factory=lambda: _Histogram(
+        "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds."))
 
     def observe_ttft(self, seconds: float) -> None:
         """Record one time to first token."""
-        self.ttft_sum += seconds
-        self.ttft_count += 1
-        for i, bound in enumerate(TTFT_BUCKETS):
-            if seconds <= bound:
-                self.ttft_buckets[i] += 1
+        self.ttft.observe(seconds)
+
+    def observe_finished(self, plan: _ResponsePlan, e2e_s: float) -> None:
+        """Record a finished request's end-to-end latency, queue and prefill times and token gaps."""
+        self.e2e.observe(e2e_s)
+        self.queue.observe(plan.options.queue_ms / 1000)
+        self.prefill.observe(plan.options.first_token_s)
+        for _ in range(max(plan.completion_tokens - 1, 0)):
+            self.itl.observe(plan.options.itl_ms / 1000)
 
     def render(self, model: str) -> str:
         """Return the Prometheus text exposition."""
@@ -132,18 +181,9 @@ class _Metrics:
             "# HELP vllm:num_requests_running Number of requests in model execution batches.",
             "# TYPE vllm:num_requests_running gauge",
             f"vllm:num_requests_running{{{label}}} {float(self.running)}",
-            "# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.",
-            "# TYPE vllm:time_to_first_token_seconds histogram",
         ]
-        for bound, count in zip(TTFT_BUCKETS, self.ttft_buckets, strict=True):
-            lines.append(
-                f'vllm:time_to_first_token_seconds_bucket{{le="{bound}",{label}}} {float(count)}'
-            )
-        lines += [
-            f'vllm:time_to_first_token_seconds_bucket{{le="+Inf",{label}}} {self.ttft_count:.1f}',
-            f"vllm:time_to_first_token_seconds_count{{{label}}} {float(self.ttft_count)}",
-            f"vllm:time_to_first_token_seconds_sum{{{label}}} {self.ttft_sum}",
-        ]
+        for histogram in (self.ttft, self.e2e, self.queue, self.prefill, self.itl):
+            lines += histogram.render(label)
         return "\n".join(lines) + "\n"
 
 
@@ -246,18 +286,21 @@ class FaultApp:
         prompt_tokens, cached = self._count_prompt(body, chat)
         plan = _ResponsePlan(options, body, chat, prompt_tokens, cached)
         self._metrics.running += 1
-        received_at = time.perf_counter()
+        if options.api_delay_ms:
+            await asyncio.sleep(options.api_delay_ms / 1000)
+        engine_start = time.perf_counter()  # the engine's clock (vLLM's arrival stamp)
         try:
             if body.get("stream"):
-                await self._stream(plan, reader, writer, received_at)
+                await self._stream(plan, reader, writer, engine_start)
             elif options.mode == "stall":
                 await reader.read()  # never answer; returns once the client closes
                 raise _Reset
             elif options.mode == "reset":
                 raise _Reset
             else:
-                await asyncio.sleep(plan.total_delay_s)
-                self._metrics.observe_ttft(time.perf_counter() - received_at)
+                await asyncio.sleep(options.queue_ms / 1000 + plan.total_delay_s)
+                self._metrics.observe_ttft(time.perf_counter() - engine_start)
+                self._metrics.observe_finished(plan, time.perf_counter() - engine_start)
                 await _respond_json(writer, 200, plan.whole_response())
         finally:
             self._metrics.running -= 1
@@ -267,9 +310,10 @@ class FaultApp:
         plan: _ResponsePlan,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        received_at: float,
+        engine_start: float,
     ) -> None:
-        """Stream the plan's SSE events as HTTP chunks, injecting the mode's fault."""
+        """Stream the plan's SSE events as HTTP chunks, injecting the mode's fault; TTFT is observed at the
+        engine's first token, sent or held."""
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -280,10 +324,11 @@ class FaultApp:
                 if delay_s > 0:
                     await writer.drain()
                     await asyncio.sleep(delay_s)
-                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
                 if is_token and first:
                     first = False
-                    self._metrics.observe_ttft(time.perf_counter() - received_at)
+                    self._metrics.observe_ttft(time.perf_counter() - engine_start)
+                if event is not None:
+                    writer.write(b"%x\r\n%s\r\n" % (len(event), event))
         except _Stall:
             await writer.drain()
             await reader.read()  # returns once the client gives up and closes
@@ -295,6 +340,7 @@ class FaultApp:
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             raise
+        self._metrics.observe_finished(plan, time.perf_counter() - engine_start)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
@@ -419,20 +465,28 @@ class _ResponsePlan:
         envelope.update(payload)
         return b"data: " + json.dumps(envelope, separators=(",", ":")).encode() + b"\n\n"
 
-    def events(self) -> Iterator[tuple[float, bytes, bool]]:
-        """Yield (delay before, SSE event, carries a token) and raise _Reset/_Stall on faults."""
+    def events(self) -> Iterator[tuple[float, bytes | None, bool]]:
+        """Yield (delay before, SSE event, carries a token) and raise _Reset/_Stall on faults; a held token's
+        event is None (its text goes out with the next delta)."""
         options, mode = self.options, self.options.mode
         if self.chat:
             yield 0.0, self._chunk({"role": "assistant", "content": ""}), False
         if mode == "malformed_sse":
             yield 0.0, b'data: {"choices": [{"delta": \n\n', False
         deltas = self._deltas()
+        held: list[dict[str, Any]] = []
         for i, delta in enumerate(deltas):
             if mode in ("reset", "stall") and i == options.fail_after_chunks:
                 raise _Reset if mode == "reset" else _Stall
-            delay = options.first_token_s if i == 0 else options.itl_ms / 1000
+            delay = options.queue_ms / 1000 + options.first_token_s if i == 0 else options.itl_ms / 1000
             last = i == len(deltas) - 1
-            yield delay, self._chunk(delta, self.finish_reason if last else None), True
+            if i < options.held_tokens and not last:
+                held.append(delta)
+                yield delay, None, True
+                continue
+            piece = _joined([*held, delta])
+            held = []
+            yield delay, self._chunk(piece, self.finish_reason if last else None), True
         kind = "chat.completion.chunk" if self.chat else "text_completion"
         yield 0.0, self._event({"choices": [], "usage": self.usage}, kind), False
         yield 0.0, b"data: [DONE]\n\n", False
@@ -469,6 +523,15 @@ class _ResponsePlan:
             "choices": [choice],
             "usage": self.usage,
         }
+
+
+def _joined(deltas: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several token deltas as one: text fields concatenated, tool-call fragments listed in order."""
+    out: dict[str, Any] = {}
+    for delta in deltas:
+        for key, value in delta.items():
+            out[key] = out[key] + value if key in out else value
+    return out
 
 
 def _message_text(content: Any) -> str:
@@ -655,6 +718,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reasoning-tokens", type=int, default=defaults.reasoning_tokens)
     parser.add_argument("--reasoning-field", default=defaults.reasoning_field)
     parser.add_argument("--echo-auth", action="store_true")
+    parser.add_argument("--api-delay-ms", type=float, default=defaults.api_delay_ms)
+    parser.add_argument("--queue-ms", type=float, default=defaults.queue_ms)
+    parser.add_argument("--held-tokens", type=int, default=defaults.held_tokens)
     args = vars(parser.parse_args(argv))
     port, max_lifetime_s = args.pop("port"), args.pop("max_lifetime")
     app = FaultApp(FaultOptions(**args), exit_process_on_crash=True)

@@ -10,6 +10,11 @@ from typing import ClassVar
 
 import pytest
 
+from fault_server import FaultServer
+from pytest_vllmgrid.bench import BenchContext, BenchSettings, MetricsWindow, TtftGap, add_request_samples
+from pytest_vllmgrid.endpoint import Endpoint
+from pytest_vllmgrid.grid import ServerConfig
+from pytest_vllmgrid.measurement import Measurement
 from pytest_vllmgrid.server_metrics import (
     HistogramData,
     MetricsSnapshot,
@@ -313,3 +318,103 @@ def test_families_parsed_on_demand_equal_a_whole_parse(name: str) -> None:
 def test_text_the_splitter_does_not_follow_is_parsed_whole() -> None:
     quoted = '# HELP "my.metric" a UTF-8 name\n# TYPE "my.metric" gauge\n{"my.metric"} 3\n'
     assert parse_metrics(quoted).gauge("my.metric") == 3.0
+
+
+def test_diff_reads_the_queue_and_prefill_time_histograms(before: MetricsSnapshot, after: MetricsSnapshot) -> None:
+    delta = diff(before, after)
+    assert delta.queue_time is not None and delta.queue_time.count == 21
+    assert delta.queue_time.sum == pytest.approx(0.048 - 0.006)
+    assert delta.prefill_time is not None and delta.prefill_time.count == 21
+    assert delta.prefill_time.sum == pytest.approx(7.386749414874598 - 0.165)
+    assert diff(before, after).to_dict()["prefill_time"]["count"] == 21
+
+
+# --- where the client's TTFT beyond the engine's goes (bench.TtftGap) ------------------------------------------
+# The H200 run of issue 18: tool_choice required/named 335-770 ms above the engine's TTFT, auto 2-12 ms.
+
+
+def test_a_gap_mostly_after_the_engines_first_token_names_the_held_back_first_delta() -> None:
+    gap = TtftGap(client_ms=800.0, engine_ms=60.0, queue_ms=2.0, prefill_ms=50.0, before_engine_ms=10.0, itl_ms=28.0)
+    assert gap.outside_ms == 740.0 and gap.after_first_token_ms == 730.0 and gap.dominant == "after_first_token"
+    assert gap.engine_other_ms == 8.0  # arrival stamp -> engine core queue, inside the engine's TTFT
+    text = gap.warning("tool_choice=required")
+    assert text.startswith("client TTFT mean 800 ms vs the engine's 60 ms (queue 2 ms, prefill 50 ms): 740 ms")
+    assert "730 ms of it after the engine's first token, ~26 tokens at its 28 ms inter-token latency" in text
+    assert 'only once its name and "parameters" are generated' in text
+    assert "10 ms before the engine's clock started" in text
+    assert "grammar" not in text and "CPU contention" not in text
+
+
+def test_a_gap_before_the_engines_clock_on_structured_output_names_grammar_preparation() -> None:
+    gap = TtftGap(client_ms=450.0, engine_ms=40.0, queue_ms=3.0, prefill_ms=30.0, before_engine_ms=400.0, itl_ms=20.0)
+    assert gap.dominant == "before_engine"
+    text = gap.warning("tool_choice=named")
+    assert "400 ms of it before the engine's clock started" in text
+    assert "structured output (tool_choice=named) most likely its grammar preparation in the API server" in text
+    assert "queue time (3 ms) does not hold" in text and text.endswith("10 ms after its first token")
+
+
+def test_grammar_preparation_is_not_blamed_when_the_engines_queue_time_holds_as_much() -> None:
+    gap = TtftGap(client_ms=900.0, engine_ms=450.0, queue_ms=420.0, prefill_ms=20.0, before_engine_ms=400.0)
+    assert "grammar" not in gap.warning("tool_choice=required")
+    assert "grammar" not in TtftGap(450.0, 40.0, 3.0, 30.0, 400.0).warning(None)  # no structured output
+
+
+def test_without_the_end_to_end_histogram_the_gap_is_not_split() -> None:
+    gap = TtftGap(client_ms=300.0, engine_ms=20.0, queue_ms=1.0)
+    assert gap.dominant is None and gap.after_first_token_ms is None
+    assert gap.warning("tool_choice=required").endswith(
+        "(API server, network, CPU contention; no server e2e histogram to say which part)")
+
+
+def measured_gap(structured_output: str | None = None, **faults: float) -> Measurement:
+    """Three streamed requests (after one warm-up) to the fault server, cross-checked against its /metrics."""
+    with FaultServer("ok", tokens=16, ttft_ms=10, itl_ms=20, **faults) as server:
+        bench = BenchContext(endpoint=Endpoint(server.base_url, "fault-model"), config=ServerConfig("fake", 0, {}),
+                             settings=BenchSettings(warmup=1), record=lambda test: None)
+        records, window = bench.run_sequential(
+            lambda client, i: client.chat([{"role": "user", "content": "hi"}], max_tokens=16), 3)
+    m = Measurement(method="t")
+    add_request_samples(m, records, window, structured_output=structured_output)
+    return m
+
+
+def gap_warnings(m: Measurement) -> list[str]:
+    return [w for w in m.warnings if w.startswith("client TTFT mean")]
+
+
+def test_a_server_holding_its_first_delta_back_is_seen_after_the_engines_first_token() -> None:
+    # 12 tokens generated before the first delta, 20 ms apart: ~240 ms after the engine counted its first token
+    m = measured_gap("tool_choice=required", held_tokens=12)
+    check = m.info["server_check"]
+    assert check["outside_engine_dominant"] == "after_first_token"
+    assert 180 < check["after_first_token_ms"] < 400 and abs(check["before_engine_ms"]) < 60
+    assert check["server_queue_time_mean_ms"] == pytest.approx(0.0) and check["server_prefill_time_mean_ms"] == 10
+    [text] = gap_warnings(m)
+    assert "of it after the engine's first token, ~1" in text and '"parameters"' in text and "grammar" not in text
+
+
+def test_time_before_the_engines_clock_on_a_structured_request_is_named_grammar_preparation() -> None:
+    m = measured_gap("tool_choice=named", api_delay_ms=250)
+    check = m.info["server_check"]
+    assert check["outside_engine_dominant"] == "before_engine" and 200 < check["before_engine_ms"] < 450
+    [text] = gap_warnings(m)
+    assert "before the engine's clock started" in text and "grammar preparation in the API server" in text
+
+
+def test_queue_time_inside_the_engine_is_no_gap_and_blames_no_grammar() -> None:
+    m = measured_gap("tool_choice=required", api_delay_ms=400, queue_ms=250)  # queue >= half the gap
+    check = m.info["server_check"]
+    assert 240 <= check["server_queue_time_mean_ms"] <= 260 and check["server_ttft_mean_ms"] > 250
+    [text] = gap_warnings(m)
+    assert "before the engine's clock started" in text and "grammar" not in text
+
+
+def test_a_plain_server_shows_no_gap_warning() -> None:
+    m = measured_gap()
+    assert gap_warnings(m) == [] and abs(m.info["server_check"]["outside_engine_ttft_ms"]) < 40
+
+
+def test_an_unknown_structured_output_is_refused() -> None:
+    with pytest.raises(ValueError, match="tool_choice=required"):
+        add_request_samples(Measurement(method="t"), [], MetricsWindow(), structured_output="json")
