@@ -2,7 +2,7 @@
 
 Plain Python (no pytest): hardware and versions, the command line with secrets masked, the server's own
 version, the visible GPUs, the latest unfinished run (for a bare --resume) and duration estimates from
-the latest stored run (for --vllm-dry-run).
+the latest stored run of the same grid and model (for --vllm-dry-run).
 """
 
 from __future__ import annotations
@@ -49,17 +49,21 @@ def visible_devices() -> list[str]:
         return []
 
 
-def estimate_durations(results_base: Path) -> tuple[float, float, str]:
-    """(startup s, seconds per benchmark, basis): from the latest stored run, else conservative defaults."""
+def estimate_durations(results_base: Path, grid_name: str, model: str) -> tuple[float, float, Path] | None:
+    """(startup s, seconds per benchmark, run dir) from the latest stored run of the same grid and model; None
+    when there is none (another grid's or model's timings say nothing about this one)."""
     runs = sorted((p for p in results_base.glob("*/manifest.json")), key=lambda p: p.stat().st_mtime)
-    for manifest in reversed(runs):
-        store = ResultsStore(manifest.parent)
+    for path in reversed(runs):
+        store = ResultsStore(path.parent)
+        run = store.manifest()
+        if run.grid_name != grid_name or run.model != model:
+            continue
         configs = [c for c in store.all_configs().values() if c.status == "complete"]
         startups = [c.deployment.startup_time_seconds for c in configs if c.deployment.startup_time_seconds]
-        per_test = [t.duration_s for c in configs for t in c.tests.values() if t.duration_s]
+        per_test = [t.duration_s for c in configs for t in c.tests.values() if t.duration_s is not None]
         if startups and per_test:
-            return (sum(startups) / len(startups), sum(per_test) / len(per_test), f"the run in {manifest.parent}")
-    return (60.0, 30.0, "defaults (60 s startup, 30 s per benchmark; no earlier run found)")
+            return (sum(startups) / len(startups), sum(per_test) / len(per_test), path.parent)
+    return None
 
 
 def server_version(deployment: Deployment) -> str | None:

@@ -132,23 +132,24 @@ def deploy_options(grid: Grid, *, api_key_env: str | None = None, startup_timeou
 
 def dry_run_lines(grid: Grid, deployer: Deployer, thresholds_path: Path | None, selected: set[str], tests: int,
                   results_base: Path) -> list[str]:
-    """--vllm-dry-run's report: each selected config's exact plan and an estimate (from the latest run under
-    `results_base`, else defaults). The caller has validated grid and thresholds and run the preflight."""
+    """--vllm-dry-run's report: each selected config's exact plan and an estimate from the latest run of the same
+    grid and model under `results_base` (none without one). The caller has validated grid and thresholds and run
+    the preflight."""
     configs = [c for c in grid.configs if c.name in selected]
     per_config_tests = max(1, tests // max(1, len(configs)))
-    startup, per_test, basis = estimate_durations(results_base)
+    earlier = estimate_durations(results_base, grid.name, grid.spec.model)
+    basis = (f"estimates from the run in {earlier[2]}" if earlier else
+             f"no estimate: no earlier run of grid {grid.name!r} with model {grid.spec.model!r} under {results_base}")
     lines = [f"vllmgrid dry run: grid {grid.path} is valid; thresholds "
              f"{thresholds_path or '(none)'} are valid; {grid.deployer} preflight passed",
-             f"{len(configs)} config(s), {tests} benchmark(s); estimates from {basis}"]
-    total = 0.0
+             f"{len(configs)} config(s), {tests} benchmark(s); {basis}"]
     for i, cfg in enumerate(configs, 1):
         plan = deployer.plan(cfg)
-        estimate = startup + per_test * per_config_tests
-        total += estimate
-        lines.append(f"[{i}/{len(configs)}] {cfg.name}{' (baseline)' if cfg.is_baseline else ''}: "
-                     f"~{fmt_duration(estimate)}")
+        estimate = f": ~{fmt_duration(earlier[0] + earlier[1] * per_config_tests)}" if earlier else ""
+        lines.append(f"[{i}/{len(configs)}] {cfg.name}{' (baseline)' if cfg.is_baseline else ''}{estimate}")
         for key, value in plan.items():
             shown = shlex.join(value) if key == "command" and isinstance(value, list) else value
             lines.append(f"    {key}: {shown}")
-    lines.append(f"estimated total: {fmt_duration(total)}")
+    if earlier:
+        lines.append(f"estimated total: {fmt_duration((earlier[0] + earlier[1] * per_config_tests) * len(configs))}")
     return lines

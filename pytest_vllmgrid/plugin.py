@@ -40,8 +40,10 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
     (["--vllm-offline"], "vllm_offline", "process deployer: serve with HF_HUB_OFFLINE=1 / TRANSFORMERS_OFFLINE=1, so "
      "a hub model id loads only from the local cache (preflight says how to fetch one that is not there); always "
      "on for the project's own '@' models (also the grid key offline)", {"action": "store_true"}),
-    (["--vllm-endpoint-url"], "vllm_endpoint_url", "base URL of an already-running server (deployer endpoint)", {}),
-    (["--vllm-min-free-disk-gb"], "vllm_min_free_disk_gb", "compose preflight: free disk needed (GB)",
+    (["--vllm-endpoint-url"], "vllm_endpoint_url", "base URL of an already-running server, e.g. http://127.0.0.1:8000 "
+     "(with --vllm-deployer endpoint; replaces a grid's endpoint: section; without --grid: one config, the model the "
+     "server lists)", {}),
+    (["--vllm-min-free-disk-gb"], "vllm_min_free_disk_gb", "preflight (process, compose): free disk needed (GB)",
      {"type": float, "default": 5.0}),
     (["--vllm-restore"], "vllm_restore", "compose: bring the user's original service back up at the end",
      {"action": "store_true"}),
@@ -57,7 +59,8 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
     (["--vllm-baseline-run"], "vllm_baseline_run", "judge relative thresholds against the baseline of this "
      "stored results directory instead of this run's", {}),
     (["--vllm-dry-run"], "vllm_dry_run", "validate grid and thresholds, run the deployer's preflight, print each "
-     "config's exact command line and estimated duration; deploy nothing", {"action": "store_true"}),
+     "config's exact command line and an estimated duration (from an earlier run of the same grid and model, else "
+     "none); deploy nothing", {"action": "store_true"}),
     (["--vllm-stop-when-met"], "vllm_stop_when_met", "skip the remaining configs once one meets the thresholds "
      "file's `goal` (also the grid key stop_when_met)", {"action": "store_true"}),
     (["--vllm-gpus-per-config"], "vllm_gpus_per_config", "with pytest -n N: GPUs each worker's server gets, "
@@ -233,7 +236,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     selected = [item for item in session.items if item_config(item) is not None]
     if selected and not session.config.option.collectonly and not session.config.getoption("vllm_dry_run"):
-        gs.get_deployer()  # a failing preflight is a UsageError here, before anything starts
+        gs.get_deployer({item_config(item).name for item in selected})  # a failing preflight is a UsageError
+        # here, before anything starts
     gs.start_progress([item.nodeid for item in session.items])
 
 

@@ -8,6 +8,7 @@ UsageErrors here.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -177,8 +178,9 @@ class GridSession:
             endpoint_url=opt("vllm_endpoint_url"), gpu_devices=self.gpu_set(), port_range=self.port_range(),
             offline=opt("vllm_offline"))
 
-    def get_deployer(self) -> Deployer:
-        """The grid's deployer, preflighted once; preflight failures are UsageErrors."""
+    def get_deployer(self, selected: set[str] | None = None) -> Deployer:
+        """The grid's deployer, preflighted once (on the `selected` configs' names when given: those this run
+        deploys); preflight failures are UsageErrors."""
         if self.deployer is None:
             grid = self.load()
             stopped = OwnedProcesses(cache_root()).reap_orphans()
@@ -186,8 +188,9 @@ class GridSession:
                 self.terminal_line(f"vllmgrid: stopped an orphaned server left by a killed run "
                                    f"(pid {rec['pid']}, config {rec.get('config')})")
             deployer = make_deployer(grid.deployer, self.deploy_options(), grid.spec, hook=self.pytest_config.hook)
+            chosen = tuple(c for c in grid.configs if selected is None or c.name in selected)
             try:
-                deployer.preflight(grid)
+                deployer.preflight(dataclasses.replace(grid, configs=chosen) if chosen else grid)
             except DeploymentError as exc:
                 raise pytest.UsageError(f"{grid.path}: preflight of the {grid.deployer} deployer failed: "
                                         f"{exc.summary()}") from None
@@ -216,7 +219,7 @@ class GridSession:
         grid = self.load()
         self.bench_settings()
         self.thresholds()
-        deployer = self.get_deployer()
+        deployer = self.get_deployer(selected)
         return placement.dry_run_lines(grid, deployer, self.thresholds().path, selected, tests,
                                        Path(self.pytest_config.rootpath) / "results")
 

@@ -26,6 +26,7 @@ import yaml
 from dotenv import dotenv_values
 
 from pytest_vllmgrid.atomic import write_text_atomic
+from pytest_vllmgrid.deploy.capacity import disk_problem
 from pytest_vllmgrid.deploy.base import (
     LOG_TAIL_LINES,
     REDACTED,
@@ -492,22 +493,16 @@ class ComposeDeployer:
 
     def _check_disk(self, client: Any) -> None:
         """At least min_free_disk_gb free for results and for Docker's data (when local)."""
-        paths = [self.options.state_dir]
+        paths = {"the run's state": self.options.state_dir}
         try:
             docker_root = client.info().get("DockerRootDir")
         except Exception:  # noqa: BLE001 - a remote engine may hide it; the results disk is still checked
             docker_root = None
         if docker_root and Path(docker_root).exists():
-            paths.append(Path(docker_root))
-        for path in paths:
-            probe = path
-            while not probe.exists() and probe != probe.parent:
-                probe = probe.parent
-            free_gb = shutil.disk_usage(probe).free / 1e9
-            if free_gb < self.options.min_free_disk_gb:
-                raise DeploymentError(
-                    f"only {free_gb:.1f} GB free on the disk holding {path}; need at least "
-                    f"{self.options.min_free_disk_gb:g} GB (--vllm-min-free-disk-gb)", kind="preflight")
+            paths["Docker's data"] = Path(docker_root)
+        problem = disk_problem(paths, self.options.min_free_disk_gb)
+        if problem:
+            raise DeploymentError(problem, kind="preflight")
 
     def command_for(self, config: ServerConfig) -> list[str]:
         """The service's command for this config: the file's command with the config's flags merged in."""

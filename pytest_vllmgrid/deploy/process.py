@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_vllmgrid.deploy import hub
+from pytest_vllmgrid.deploy import capacity, hub
 from pytest_vllmgrid.deploy.base import DeploymentError, Deployment, Endpoint, tail_file
 from pytest_vllmgrid.deploy.options import DeployOptions
 from pytest_vllmgrid.deploy.owned import OwnedProcesses
@@ -77,18 +77,31 @@ class ProcessDeployer:
     name: str = "process"
 
     def preflight(self, grid: Grid) -> None:
-        """Check the model (path, hub cache, or the hub when online) and a fixed port before anything starts."""
+        """Before anything starts: the model (path, hub cache, or the hub when online), each config's GPUs
+        (tensor x pipeline parallel, visible through NVML in this worker's set), free disk, the ports."""
         cfg = grid.configs[0]
         for model, config in {c.model: c for c in grid.configs}.items():
             problem = None if model.startswith("@") else hub.model_problem(
                 model, self.environment(config), offline_because=self.offline_reason(config))
             if problem:
                 raise DeploymentError(problem, kind="model_missing")
+        for config in grid.configs:
+            problem = capacity.gpu_problem(config, self.environment(config))
+            if problem:
+                raise DeploymentError(problem, kind="preflight")
+        disks = {"the run's state": self.options.state_dir}
+        if any(hub.hub_id(c.model) for c in grid.configs):
+            disks["the Hugging Face cache"] = hub.hub_cache_dir(self.environment(cfg))
+        problem = capacity.disk_problem(disks, self.options.min_free_disk_gb)
+        if problem:
+            raise DeploymentError(problem, kind="preflight")
         if cfg.port is not None and port_in_use(cfg.host, cfg.port):
             raise DeploymentError(
                 f"port {cfg.port} on {cfg.host} is already in use by another process; "
                 "free it or remove `port` from the grid to use a free port",
                 kind="port_in_use")
+        if cfg.port is None and self.options.port_range:
+            free_port(cfg.host, self.options.port_range)  # raises when every port of this worker's range is taken
         if self.options.api_key_env and not self.options.api_key:
             raise DeploymentError(f"the grid sets api_key_env {self.options.api_key_env!r} but that environment "
                                   "variable is empty", kind="preflight")
