@@ -48,7 +48,7 @@ def prefix_caching_enabled(bench: BenchContext) -> bool | None:
     return bench.config.params.get("enable_prefix_caching")
 
 
-def test_kv_cache(vllm_bench: BenchContext) -> None:
+def test_kv_cache(vllm_bench: BenchContext, kv_prefix_tokens: int) -> None:
     """Primed HIT / fresh MISS pairs in balanced order, adaptive count, server counters checked per request."""
     s = vllm_bench.settings
     caching = prefix_caching_enabled(vllm_bench)
@@ -58,7 +58,7 @@ def test_kv_cache(vllm_bench: BenchContext) -> None:
     max_pairs = max(min_pairs, s.kv_max_pairs)
 
     def prompt(question: str = QUESTION, nonce: str | None = None) -> list[dict[str, str]]:
-        return shared_prefix_messages(s.prefix_tokens, nonce or fresh_nonce(), question, seed=s.seed,
+        return shared_prefix_messages(kv_prefix_tokens, nonce or fresh_nonce(), question, seed=s.seed,
                                       count_tokens=vllm_bench.count_tokens)
 
     async def main(client):
@@ -108,7 +108,7 @@ def test_kv_cache(vllm_bench: BenchContext) -> None:
     hit_hits = sum(p["hit_server_hits"] for p in pairs)
     m = Measurement(method=(
         f"{len(pairs)} pairs after {len(warm)} warm-up requests (until two consecutive MISS TTFTs agreed within "
-        f"{WARM_TOLERANCE:.0%}); each pair: a fresh ~{s.prefix_tokens}-token nonce-led prefix P sent once "
+        f"{WARM_TOLERANCE:.0%}); each pair: a fresh ~{kv_prefix_tokens}-token nonce-led prefix P sent once "
         "unmeasured with another question, then HIT(P) and MISS(Q, another fresh prefix) back to back, in "
         "alternating order; streamed "
         f"TTFT, max_tokens {s.kv_max_tokens}; acceleration = median over pairs of MISS/HIT, bootstrap 95% CI over "
@@ -120,7 +120,7 @@ def test_kv_cache(vllm_bench: BenchContext) -> None:
     m.add_value("server_hits_during_hit", hit_hits, "tokens", None)
     rate = window.delta.prefix_cache_hit_rate if window.delta is not None else None
     m.add_value("server_hit_rate_pct", None if rate is None else rate * 100, "%", None, exact=True)
-    m.info.update(prefix_caching=caching, cache_reset=reset_ok, errors=errors, pairs=len(pairs),
+    m.info.update(prefix_tokens=kv_prefix_tokens, prefix_caching=caching, cache_reset=reset_ok, errors=errors, pairs=len(pairs),
                   stopped_by=stopped, warmup_ttft_ms=[round(t * 1000, 3) for t in warm],
                   pair_orders=[p["order"] for p in pairs], prompt_tokens=[p["miss"].prompt_tokens for p in pairs[:3]])
     invalid = None

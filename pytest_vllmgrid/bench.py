@@ -58,6 +58,9 @@ class BenchSettings(BaseModel):
     max_tokens: int = Field(32, ge=1)
     # KV cache
     prefix_tokens: int = Field(1300, ge=16)
+    kv_prefix_tokens: list[int] | None = Field(None, min_length=1, description="prefix lengths of the KV-cache "
+                                               "benchmark, one test each (kv_cache[4000], ...); default: one "
+                                               "test, kv_cache, at prefix_tokens")
     kv_repetitions: int | None = Field(None, ge=2, description="minimum MISS/HIT pairs (default: repetitions)")
     kv_max_pairs: int = Field(40, ge=2, description="pairs added at geometric checkpoints up to this many")
     kv_ci_target_pct: float | None = Field(None, gt=0, description="stop adding pairs once the acceleration CI "

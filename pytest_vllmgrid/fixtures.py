@@ -87,6 +87,13 @@ def vllm_record(request: pytest.FixtureRequest, vllm_config: ServerConfig,
 
 
 @pytest.fixture
+def kv_prefix_tokens(vllm_session: GridSession) -> int:
+    """The KV-cache benchmark's prefix length: `prefix_tokens`, unless `kv_prefix_tokens` lists several (then
+    the plugin parametrizes this argument, one test per length)."""
+    return vllm_session.bench_settings().prefix_tokens
+
+
+@pytest.fixture
 def vllm_bench(request: pytest.FixtureRequest, vllm_endpoint: Endpoint, vllm_deployment: Deployment,
                vllm_config: ServerConfig, vllm_session: GridSession, vllm_record: Callable[[TestResult], None]):
     """Settings, a streaming client, /metrics windows, GPU telemetry and recording for one benchmark."""

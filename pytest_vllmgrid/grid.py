@@ -16,6 +16,7 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pytest_vllmgrid import dummymodel
 from pytest_vllmgrid.vllm_argv import canonical_param, params_to_args, scalar_arg, vllm_flags
 
 # vLLM options a deployer owns: setting them per config would break the deployment.
@@ -200,7 +201,9 @@ class ServerConfig:
         """The name clients ask for."""
         if self.served_model_name:
             return self.served_model_name
-        return "tiny" if self.model == TINY_MODEL else self.model
+        if self.model == TINY_MODEL:
+            return "tiny"
+        return dummymodel.served_name(self.model) if dummymodel.is_dummy(self.model) else self.model
 
     def vllm_args(self) -> list[str]:
         """The config's vLLM flags as an argv list (never a shell string)."""
@@ -261,6 +264,23 @@ class Grid:
         return [c.name for c in self.configs]
 
 
+def _local_model_defaults(model: str, defaults: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """'@tiny' or '@dummy:SHAPE' (the project builds both); a dummy shape has no weights: load_format dummy."""
+    if model == TINY_MODEL:
+        return defaults
+    shapes = sorted(dummymodel.SHAPES)
+    allowed = ", ".join([TINY_MODEL] + [dummymodel.PREFIX + s for s in shapes])
+    if not dummymodel.is_dummy(model) or dummymodel.shape_name(model) not in dummymodel.SHAPES:
+        problems.append(f"grid field 'model' = {model!r}: a model built by the project must be one of {allowed}"
+                        f"{suggest(model, [TINY_MODEL] + [dummymodel.PREFIX + s for s in shapes])}")
+        return defaults
+    load_format = defaults.get("load_format", dummymodel.LOAD_FORMAT)
+    if load_format != dummymodel.LOAD_FORMAT:
+        problems.append(f"grid field 'defaults.load_format' = {load_format!r}: {model} has no weights; allowed: "
+                        f"{dummymodel.LOAD_FORMAT!r}")
+    return {**defaults, "load_format": dummymodel.LOAD_FORMAT}
+
+
 def load_grid(path: str | Path, *, model: str | None = None, baseline: str | None = None,
               deployer: str | None = None, deployer_kinds: tuple[str, ...] | list[str] | None = None,
               replicas: int = 1, endpoint_url: str | None = None) -> Grid:
@@ -299,6 +319,8 @@ def load_grid(path: str | Path, *, model: str | None = None, baseline: str | Non
     if not entries:
         problems.append("the grid has no configurations: add a `configs` list or a `matrix` section")
     defaults = _resolve_params(spec.defaults, "defaults", problems)
+    if spec.model.startswith("@"):
+        defaults = _local_model_defaults(spec.model, defaults, problems)
     seen: dict[str, int] = {}
     resolved: list[ServerConfig] = []
     for index, (name, entry) in enumerate(entries):

@@ -175,13 +175,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize `vllm_config` by the grid, session-scoped, ids = config names; and a grid test's `concurrency`
-    argument (unless a parametrize mark gives it) by the benchmark settings' `concurrency` levels, ids = levels."""
+    argument (unless a parametrize mark gives it) by the benchmark settings' `concurrency` levels, ids = levels;
+    and `kv_prefix_tokens` by the settings' `kv_prefix_tokens` list when one is set (else its fixture's value)."""
     if "vllm_config" not in metafunc.fixturenames:
         return
     gs = metafunc.config.stash[STASH_KEY]
     if "concurrency" in metafunc.fixturenames and not _parametrized_by_mark(metafunc, "concurrency"):
         levels = gs.bench_settings().concurrency
         metafunc.parametrize("concurrency", levels, ids=[str(level) for level in levels])
+    prefixes = gs.bench_settings().kv_prefix_tokens
+    if "kv_prefix_tokens" in metafunc.fixturenames and prefixes and not _parametrized_by_mark(metafunc, "kv_prefix_tokens"):
+        metafunc.parametrize("kv_prefix_tokens", prefixes, ids=[str(n) for n in prefixes])
     grid = gs.load()
     metafunc.parametrize("vllm_config", list(grid.configs), ids=[c.name for c in grid.configs],
                          scope="session", indirect=True)

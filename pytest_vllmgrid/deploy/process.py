@@ -17,6 +17,7 @@ from pytest_vllmgrid.deploy.base import DeploymentError, Deployment, Endpoint, t
 from pytest_vllmgrid.deploy.options import DeployOptions
 from pytest_vllmgrid.deploy.owned import OwnedProcesses
 from pytest_vllmgrid.deploy.readiness import wait_until_ready
+from pytest_vllmgrid import dummymodel
 from pytest_vllmgrid.grid import TINY_MODEL, Grid, ServerConfig
 
 DEFAULT_VLLM_COMMAND = ("{python}", "-m", "pytest_vllmgrid.vllm_launcher", "serve")
@@ -61,11 +62,14 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def resolve_model(model: str) -> str:
-    """The model path to serve: '@tiny' builds (or reuses) the project's tiny local model."""
+    """The model path to serve: '@tiny' builds (or reuses) the project's tiny local model, '@dummy:SHAPE' the
+    weightless directory of a named shape (dummymodel.py)."""
     if model == TINY_MODEL:
         from pytest_vllmgrid.tinymodel import ensure_tiny_model
 
         return str(ensure_tiny_model())
+    if dummymodel.is_dummy(model):
+        return str(dummymodel.ensure_dummy_model(model))
     return model
 
 
@@ -136,7 +140,8 @@ class ProcessDeployer:
 
     def plan(self, config: ServerConfig) -> dict[str, Any]:
         """What deploy() would run (dry run); the model and port are shown as they will be resolved."""
-        model = config.model if config.model != TINY_MODEL else "<tiny model, built locally>"
+        model = {TINY_MODEL: "<tiny model, built locally>"}.get(
+            config.model, f"<{config.model} shape, built locally>" if dummymodel.is_dummy(config.model) else config.model)
         port = config.port or "<free port>"
         return {"command": self.command(config, port, model),  # type: ignore[arg-type]
                 "env": sorted(set(BASE_ENV) | set(hub.OFFLINE_ENV if self.offline(config) else ()) | set(config.env)
