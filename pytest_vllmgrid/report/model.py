@@ -204,7 +204,7 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
     for row in rows:
         _add_vs_baseline(row, base_row)
     columns = _headline_columns(rows)
-    primary = primary or (grid.spec.primary_metric if grid else None)
+    primary = primary or (grid.spec.primary_metric if grid else None) or manifest.primary_metric
     primary = primary or next((p for p in PRIMARY_PREFERENCE if p in columns), next(iter(columns), None))
     primary_column = columns.get(primary) if primary else None
     every = {name: Column(unit=m.unit, better=m.better) for row in rows for name, m in row.metrics.items()}

@@ -380,6 +380,7 @@ class RunManifest(BaseModel):
     baseline: str | None = None
     deployer: str | None = None
     model: str | None = None
+    primary_metric: str | None = None  # the grid's, so a report rebuilt from the directory ranks the same
     configs: dict[str, JsonObject] = Field(default_factory=dict)
     package_version: str | None = None
     vllm_version: str | None = None
