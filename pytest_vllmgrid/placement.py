@@ -68,7 +68,10 @@ def bench_settings(grid: Grid, bench: Any, repetitions: Any = None, warmup: Any 
 def results_path(rootpath: Path, *, worker_results_dir: str | None, resume: str | None,
                  results_dir: str | None) -> Path:
     """The results directory of this run: the controller's (on an xdist worker), else --resume's (DIR, or
-    "latest": the newest unfinished run under ROOT/results), else --results-dir, else a new results/<timestamp>/."""
+    "latest": --results-dir when given, else the newest unfinished run under ROOT/results), else --results-dir, else
+    a new results/<timestamp>/."""
+    if resume == "latest" and results_dir:
+        resume = results_dir  # `--results-dir D --resume`: resume D, not the newest run under results/
     if resume == "latest":
         resume = latest_unfinished_run(Path(rootpath) / "results")
         if resume is None:

@@ -67,8 +67,8 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
      "a disjoint slice of CUDA_VISIBLE_DEVICES (or NVML's list)", {"type": int}),
     (["--vllm-port-base"], "vllm_port_base", "with pytest -n N: worker gwI serves on ports BASE+100*I..+99 "
      "(default 20000)", {"type": int}),
-    (["--vllm-resume", "--resume"], "vllm_resume", "resume an interrupted run (DIR, or the latest under "
-     "results/ when no DIR is given): configs complete with the same config hash are skipped",
+    (["--vllm-resume", "--resume"], "vllm_resume", "resume an interrupted run (DIR; with no DIR: "
+     "--results-dir when given, else the latest unfinished run under results/): configs complete with the same config hash are skipped",
      {"nargs": "?", "const": "latest"}),
     (["--vllm-compare"], "vllm_compare", "regression gate: compare every benchmark with the same config/test of "
      "this stored results directory (a comparison table is printed); repeatable or comma-separated for several "

@@ -60,6 +60,20 @@ def test_bare_resume_finds_the_latest_unfinished_run(pytester, write_grid, event
     assert read_events(events_file) == ["start b", "stop b"]
 
 
+def test_bare_resume_with_a_results_dir_resumes_that_dir(pytester, write_grid, events_file, monkeypatch):
+    """`--results-dir D --resume` (how the GPU runs were first resumed) failed: 'no unfinished run under results/'."""
+    grid = write_grid(fake_grid(configs("base", "b"), baseline="base"))
+    pytester.makepyfile(test_x=INTERRUPT_IN_B)
+    pytester.runpytest_subprocess("--grid", str(grid), "--results-dir", "out", "-p", "no:cacheprovider")
+    monkeypatch.setenv("NO_INTERRUPT", "1")
+    events_file.unlink()
+    result = pytester.runpytest_subprocess("--grid", str(grid), "--results-dir", "out", "--resume",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert read_events(events_file) == ["start b", "stop b"]
+    assert json.loads((pytester.path / "out" / "manifest.json").read_text())["status"] == "complete"
+
+
 def test_a_config_whose_flags_changed_is_run_again(pytester, write_grid, events_file):
     grid = write_grid(fake_grid(configs("base", "b"), baseline="base"))
     pytester.makepyfile(test_x="def test_x(vllm_endpoint): pass")
