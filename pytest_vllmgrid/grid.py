@@ -297,8 +297,11 @@ def load_grid(path: str | Path, *, model: str | None = None, baseline: str | Non
     if problems:
         raise GridError(path, problems)
     overrides = {k: v for k, v in {"model": model, "baseline": baseline, "deployer": deployer}.items() if v}
+    if isinstance(raw, list) and raw and all(isinstance(entry, dict) for entry in raw):
+        raw = {"configs": raw}  # the seeds' grid_search_configs.json: a bare list of config objects
     if not isinstance(raw, dict):
-        raise GridError(path, [f"top level must be a mapping with a `configs` list, got {type(raw).__name__}"])
+        raise GridError(path, [f"top level must be a mapping with a `configs` list (or a list of config mappings), "
+                               f"got {type(raw).__name__}"])
     raw = {**raw, **overrides}
     problems: list[str] = _deployer_problems(raw.get("deployer", "process"), deployer_kinds, bool(deployer))
     if endpoint_url:

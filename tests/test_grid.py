@@ -156,6 +156,23 @@ def test_top_level_not_a_mapping(tmp_path):
     assert "top level must be a mapping" in problems_of(tmp_path, "[1, 2]", "grid.yaml")
 
 
+def test_bare_list_of_configs_loads_like_a_configs_section(tmp_path):
+    """The seeds' grid_search_configs.json: a JSON list of config objects with the seeds' field names."""
+    seeds = [{"name": "baseline_reference", "gpu_memory": 0.95, "prefix_caching": False, "chunked_prefill": False},
+             {"name": "custom_experiment", "gpu_memory": 0.93, "prefix_caching": True, "chunked_prefill": True,
+              "max_num_seqs": 48, "max_num_batched_tokens": 6144}]
+    bare = load_grid(write(tmp_path, seeds, "grid_search_configs.json"))
+    wrapped = load_grid(write(tmp_path, {"configs": seeds}, "wrapped.json"))
+    assert bare.names == wrapped.names == ["baseline_reference", "custom_experiment"]
+    assert bare.baseline == "baseline_reference" and bare.name == "grid_search_configs"
+    assert [c.vllm_args() for c in bare.configs] == [c.vllm_args() for c in wrapped.configs]
+    assert bare.configs[1].vllm_args()[:2] == ["--gpu-memory-utilization", "0.93"]
+
+
+def test_bare_list_entry_mistake_names_the_config(tmp_path):
+    assert "config 'a' field 'max_num_seq'" in problems_of(tmp_path, [{"name": "a", "max_num_seq": 1}])
+
+
 def test_matrix_exclude_with_unknown_key(tmp_path):
     text = problems_of(tmp_path, {"matrix": {"params": {"max_num_seqs": [1, 2]}, "exclude": [{"max_seqs": 1}]}})
     assert "matrix.exclude" in text and "max_seqs" in text
