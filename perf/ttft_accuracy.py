@@ -45,7 +45,7 @@ from peers import MOCK_MODEL, load_average, run_guidellm, run_vllm_bench, start_
 from pytest_vllmgrid.client import ChatClient  # noqa: E402
 from pytest_vllmgrid.deploy.base import Deployment  # noqa: E402
 from pytest_vllmgrid.deploy.options import DeployOptions  # noqa: E402
-from pytest_vllmgrid.deploy.process import ProcessDeployer  # noqa: E402
+from pytest_vllmgrid.deploy.process import ProcessDeployer, resolve_model  # noqa: E402
 from pytest_vllmgrid.grid import load_grid  # noqa: E402
 from pytest_vllmgrid.load import run_event_loop  # noqa: E402
 from pytest_vllmgrid.server_metrics import HistogramDelta, diff, fetch_metrics  # noqa: E402
@@ -60,10 +60,10 @@ SERVER_WARMUP = 3
 SETTLE_S = 0.1  # let the last request's stats land before the closing scrape
 
 
-def deploy_baseline(workdir: Path) -> Deployment:
-    """The embedded grid's baseline config, started by our process deployer."""
-    grid = load_grid(packaged_default_grid())
-    config = next(c for c in grid.configs if c.name == "baseline")
+def deploy_baseline(workdir: Path, grid_file: Path | None = None, name: str = "baseline") -> Deployment:
+    """A grid's config (default: the embedded grid's baseline), started by our process deployer."""
+    grid = load_grid(grid_file or packaged_default_grid())
+    config = next(c for c in grid.configs if c.name == name)
     deployer = ProcessDeployer(DeployOptions(state_dir=cache_root(), cache_root=cache_root()))
     return deployer.deploy(config, workdir)
 
@@ -144,17 +144,23 @@ def main() -> None:
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     parser.add_argument("--out", type=Path, default=Path("/tmp/ttft-accuracy"))
     parser.add_argument("--server", choices=("vllm", "mock"), default="vllm")
+    parser.add_argument("--grid", type=Path, help="deploy this grid's config instead of the embedded baseline "
+                        "(e.g. a GPU grid: docs/gpu.md)")
+    parser.add_argument("--config", default="baseline", help="the config of --grid to deploy")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    tokenizer = None
     if args.server == "vllm":
-        deployment = deploy_baseline(args.out / "server")
+        deployment = deploy_baseline(args.out / "server", args.grid, args.config)
+        if args.grid:
+            tokenizer = resolve_model(load_grid(args.grid).configs[0].model)  # the served directory's tokenizer
         url, model, stop = deployment.endpoint.base_url, deployment.endpoint.model, deployment.teardown
         started = f"vLLM baseline config up in {deployment.startup_seconds:.1f} s"
     else:
         mock, url = start_mock(None, tokens=OUTPUT_TOKENS, ttft_ms=20.0, itl_ms=1.0)
         model, started = MOCK_MODEL, "mock server (first token after 20 ms)"
         stop = lambda: (mock.terminate(), mock.wait(10))  # noqa: E731
-    tokenizer = str(ensure_tiny_model())
+    tokenizer = tokenizer or str(ensure_tiny_model())
     print(f"{started} at {url}; {args.requests} sequential requests per tool and round; load {load_average()}",
           flush=True)
     rows = []
