@@ -194,8 +194,9 @@ class BenchContext:
     thresholds: Thresholds | None = None
     test_key: str = ""
     # the baseline config's same test, given this config's own measurement (the baseline's answer when this
-    # config is the baseline of this run: its record is written only once the test's outcome is known)
-    baseline: Callable[[Measurement], Measurement | None] = lambda own: None
+    # config is the baseline of this run: its record is written only once the test's outcome is known), and
+    # where it came from ("" = this run; else the stored run's directory)
+    baseline: Callable[[Measurement], tuple[Measurement | None, str]] = lambda own: (None, "")
     fail_on_gpu_alerts: bool = False
     http: httpx.Client | None = None  # the deployment's kept-alive control client (None: one per call)
     _token_cache: dict[str, int] = field(default_factory=dict)
@@ -344,8 +345,9 @@ class BenchContext:
         """Judge the measurement against the thresholds file: fail with every bound its CI broke; raise
         NotConclusive when nothing failed but a bound or a headline figure could not decide."""
         assert self._stored is not None, "call finish() before check_thresholds()"
+        base, source = self.baseline(self._stored.measurement)
         verdicts = judge_test(self._stored, self.test_key, self.thresholds, self.config.name, self.config.params,
-                              self.config.is_baseline, self.baseline(self._stored.measurement))
+                              self.config.is_baseline, base, baseline_source=source)
         failed = failures(self._stored, fail_on_gpu_alerts=self.fail_on_gpu_alerts)
         if failed:
             raise AssertionError(f"{self.config.name}: " + "; ".join(failed))

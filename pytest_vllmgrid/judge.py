@@ -23,6 +23,7 @@ MAX_FAILED_FRACTION = 0.05  # more failed requests than this and the latency fig
 MAX_BURST_FRACTION = 0.05  # more burst-delivered responses than this and the client timings are invalid
 MAX_POINTS_HALF_WIDTH = 25.0  # a percentage whose CI half-width exceeds this many points and itself: inconclusive
 PERCENT_UNITS = ("%", "%/request")
+NO_BASELINE = "not judged: no baseline measurement"  # a relative bound without one is never a silent pass
 
 
 class NotConclusive(Exception):
@@ -117,8 +118,9 @@ def _verdict(metric_name: str, config: str, status: str, message: str, **numbers
 
 def judge_bound(metric_name: str, bound: Bound, metric: Metric | None, baseline_metric: Metric | None,
                 config: str, is_baseline: bool, samples: Sequence[float] | None = None,
-                baseline_samples: Sequence[float] | None = None) -> list[Verdict]:
-    """Every bound of one metric judged on one config's figure (and the baseline's, for relative bounds)."""
+                baseline_samples: Sequence[float] | None = None, baseline_source: str = "") -> list[Verdict]:
+    """Every bound of one metric judged on one config's figure (and the baseline's, for relative bounds;
+    `baseline_source` says where the baseline's figure came from when not from this run)."""
     stat = bound.stat or ("p50" if metric is not None and metric.kind == "sample" else "value")
     value = metric.point(stat) if metric is not None else None
     unit = metric.unit if metric is not None else ""
@@ -148,23 +150,27 @@ def judge_bound(metric_name: str, bound: Bound, metric: Metric | None, baseline_
         if pct is None or (is_baseline and bound.skip_baseline):
             continue
         verdicts.append(_judge_relative(metric_name, label, kind, pct, metric, baseline_metric, stat, config,
-                                        samples, baseline_samples))
+                                        samples, baseline_samples, baseline_source))
     return verdicts
 
 
 def _judge_relative(metric_name: str, label: str, kind: str, pct: float, metric: Metric | None,
                     base_metric: Metric | None, stat: str, config: str, samples: Sequence[float] | None,
-                    base_samples: Sequence[float] | None) -> Verdict:
+                    base_samples: Sequence[float] | None, source: str = "") -> Verdict:
     """A bound relative to the baseline config, judged on the CI of the ratio config / baseline."""
     value = metric.point(stat) if metric is not None else None
     base = base_metric.point(stat) if base_metric is not None else None
     unit = metric.unit if metric is not None else ""
-    if value is None or base is None:
-        return _verdict(metric_name, config, "not judged", f"{label}: cannot judge vs baseline (value "
-                        f"{_show(value, None, unit)}, baseline {'missing' if base is None else fmt_bound(base)})")
+    if base is None:
+        return _verdict(metric_name, config, "not judged", f"{label} {kind} {pct:+g}% vs baseline: {NO_BASELINE} "
+                        "(the baseline config did not measure it in this run and no stored run has it; "
+                        "run the baseline too, or give --vllm-baseline-run DIR)")
+    if value is None:
+        return _verdict(metric_name, config, "not judged", f"{label}: cannot judge vs baseline (no value measured, "
+                        f"baseline {fmt_bound(base)})")
     limit = base * (1 + pct / 100)
     need = (f"{'<=' if kind == 'max' else '>='} {fmt_bound(limit)} {unit} required "
-            f"(baseline {fmt_bound(base)} {unit} {pct:+g}%)")
+            f"(baseline {fmt_bound(base)} {unit}{' from ' + source if source else ''} {pct:+g}%)")
     for who, m in (("figure", metric), ("baseline's figure", base_metric)):
         if m.validity == "invalid":
             return _verdict(metric_name, config, "invalid", f"{label} = {_show(value, None, unit)}: INVALID "
@@ -202,9 +208,10 @@ def _word(status: str) -> str:
 
 
 def judge_test(test: TestResult, test_key: str, thresholds: Thresholds | None, config: str,
-               params: Mapping[str, object], is_baseline: bool, baseline: Measurement | None) -> list[Verdict]:
+               params: Mapping[str, object], is_baseline: bool, baseline: Measurement | None,
+               baseline_source: str = "") -> list[Verdict]:
     """Assess a test's figures and judge them against every bound of the thresholds file that applies; the
-    verdicts are stored on the test record."""
+    verdicts are stored on the test record (`baseline_source`: where `baseline` came from, "" = this run)."""
     assess(test)
     verdicts: list[Verdict] = []
     m = test.measurement
@@ -213,7 +220,7 @@ def judge_test(test: TestResult, test_key: str, thresholds: Thresholds | None, c
             verdicts += judge_bound(f"{test_key}.{metric_name}", bound, m.metric(metric_name),
                                     baseline.metric(metric_name) if baseline else None, config, is_baseline,
                                     m.samples.get(metric_name), baseline.samples.get(metric_name) if baseline
-                                    else None)
+                                    else None, baseline_source)
     test.thresholds = verdicts
     return verdicts
 
@@ -229,7 +236,8 @@ def failures(test: TestResult, *, fail_on_gpu_alerts: bool = False) -> list[str]
 def unsure(test: TestResult) -> list[str]:
     """Why a test that broke no bound is still not a pass: inconclusive or invalid verdicts, and headline
     figures that are invalid or inconclusive."""
-    reasons = [v.message for v in test.thresholds if v.status in ("inconclusive", "invalid")]
+    reasons = [v.message for v in test.thresholds if v.status in ("inconclusive", "invalid")
+               or (v.status == "not judged" and NO_BASELINE in v.message)]
     judged = {v.metric.rsplit(".", 1)[1] for v in test.thresholds}
     for name, metric in (test.measurement.metrics.items() if test.measurement else []):
         if metric.headline and metric.validity != "valid" and name not in judged:

@@ -47,6 +47,21 @@ def provenance(stored: RunManifest, *, started: str, argv: list[str], resuming: 
     return {"started": stored.started, "argv": stored.argv, "resumes": [r.model_dump(mode="json") for r in resumes]}
 
 
+def complete_runs(results_bases: list[Path], grid_name: str, exclude: Path | None = None) -> list[Path]:
+    """Complete stored runs of the grid named `grid_name` under `results_bases`, newest first (`exclude`: this
+    run's own directory)."""
+    found: dict[Path, tuple[str, Path]] = {}
+    for base in results_bases:
+        for path in base.glob("*/manifest.json"):
+            run_dir = path.parent.resolve()
+            if run_dir in found or (exclude is not None and run_dir == exclude.resolve()):
+                continue
+            run = ResultsStore(path.parent).manifest()
+            if run.status == "complete" and run.grid_name == grid_name:
+                found[run_dir] = (run.ended or run.started or "", path.parent)
+    return [shown for _, shown in sorted(found.values(), key=lambda item: item[0], reverse=True)]
+
+
 def visible_devices() -> list[str]:
     """GPUs this run may use: CUDA_VISIBLE_DEVICES entries when set, else NVML's device list."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -57,7 +57,8 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
      {"action": "append"}),
     (["--vllm-thresholds"], "vllm_thresholds", "thresholds file (YAML/JSON); default: the grid's `thresholds:`", {}),
     (["--vllm-baseline-run"], "vllm_baseline_run", "judge relative thresholds against the baseline of this "
-     "stored results directory instead of this run's", {}),
+     "stored results directory instead of this run's (default: this run's; where it measured nothing, e.g. "
+     "deselected, the latest complete run of the same grid name; else 'not judged', never a pass)", {}),
     (["--vllm-dry-run"], "vllm_dry_run", "validate grid and thresholds, run the deployer's preflight, print each "
      "config's exact command line and an estimated duration (from an earlier run of the same grid and model, else "
      "none); deploy nothing", {"action": "store_true"}),

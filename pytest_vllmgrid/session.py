@@ -354,28 +354,40 @@ class GridSession:
                 raise pytest.UsageError(f"--vllm-thresholds: {exc}" if given else str(exc)) from None
         return self._thresholds
 
-    def baseline_measurement(self, test_key: str, asking: str, own: Measurement) -> Measurement | None:
-        """The baseline config's measurement of a test (this run, or --vllm-baseline-run DIR); `own` when the
-        config `asking` is this run's baseline (its record is not written yet: waiting for it would hang).
+    def baseline_measurement(self, test_key: str, asking: str, own: Measurement) -> tuple[Measurement | None, str]:
+        """The baseline config's measurement of a test and where it came from ("" = this run): --vllm-baseline-run
+        DIR's; else this run's (`own` when the config `asking` is this run's baseline: its record is not written
+        yet, waiting for it would hang); else, when this run's baseline did not measure it (deselected, failed),
+        the latest complete stored run of the same grid name that did; (None, "") when none did.
 
         Under pytest-xdist the baseline may still be running on another worker: wait for its result
         (bounded), but only once its file exists — a baseline not yet started could be queued behind
         this very worker, and waiting for it would deadlock.
         """
         other = self.pytest_config.getoption("vllm_baseline_run")
-        store = ResultsStore(Path(other)) if other else self._store()
-        name = self.load().baseline
-        if asking == name and not other:
-            return own
-        deadline = time.monotonic() + (BASELINE_WAIT_S if self.is_worker and not other else 0)
+        grid = self.load()
+        if other:
+            stored = _stored_measurement(ResultsStore(Path(other)), grid.baseline, test_key)
+            return stored, f"--vllm-baseline-run {other}"
+        if asking == grid.baseline:
+            return own, ""
+        store = self._store()
+        deadline = time.monotonic() + (BASELINE_WAIT_S if self.is_worker else 0)
         while True:
-            result = store.load_config(name)
-            test = result.tests.get(test_key) if result is not None else None
-            measurement = test.measurement if test is not None else None
+            result = store.load_config(grid.baseline)
+            measurement = _stored_measurement(store, grid.baseline, test_key, result)
             final = result is None or result.settled
-            if measurement is not None or final or time.monotonic() > deadline:
-                return measurement
+            if measurement is not None:
+                return measurement, ""
+            if final or time.monotonic() > deadline:
+                break
             time.sleep(1.0)
+        bases = [Path(self.pytest_config.rootpath) / "results", store.root.parent]
+        for run_dir in manifest.complete_runs(bases, grid.name, exclude=store.root):
+            measurement = _stored_measurement(ResultsStore(run_dir), grid.baseline, test_key)
+            if measurement is not None:
+                return measurement, f"stored run {run_dir}"
+        return None, ""
 
     def record_outcome(self, cfg_name: str, test_key: str, outcome: str, message: str | None,
                        duration_s: float) -> None:
@@ -426,6 +438,14 @@ def item_config(item: pytest.Item) -> ServerConfig | None:
     """The grid config a test item runs against, or None (not a grid test)."""
     callspec = getattr(item, "callspec", None)
     return callspec.params.get("vllm_config") if callspec else None
+
+
+def _stored_measurement(store: ResultsStore, config: str, test_key: str,
+                        result: ConfigResult | None = None) -> Measurement | None:
+    """A config's stored measurement of one test (`result`: its result, already read), or None."""
+    result = result if result is not None else store.load_config(config)
+    test = result.tests.get(test_key) if result is not None else None
+    return test.measurement if test is not None else None
 
 
 def _record_failed_deploy(result: ConfigResult, exc: DeploymentError) -> None:

@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
-from pytest_vllmgrid.judge import judge_bound as judge
+from pytest_vllmgrid.judge import judge_bound as judge, unsure
 from pytest_vllmgrid.measurement import Measurement
+from pytest_vllmgrid.results import TestResult
 from pytest_vllmgrid.thresholds import Bound, ThresholdError, load_thresholds
 
 from conftest import REPO, fake_grid
@@ -68,10 +69,12 @@ def test_relative_bound_uses_the_baseline_value():
     assert "(baseline 100 ms -30%)" in verdict.message
 
 
-def test_relative_bound_without_a_baseline_is_not_judged():
-    metric = sample_metric([50, 52], "ms", "lower")
+def test_relative_bound_without_a_baseline_is_not_judged_and_never_a_pass():
+    metric = sample_metric([50, 52, 54], "ms", "lower")
     [verdict] = judge("kv_cache.ttft_hit_ms", Bound(max_vs_baseline_pct=-30), metric, None, "cfg", False)
-    assert verdict.passed is None and "cannot judge vs baseline" in verdict.message
+    assert verdict.passed is None and verdict.status == "not judged"
+    assert "kv_cache.ttft_hit_ms p50 max -30% vs baseline: not judged: no baseline measurement" in verdict.message
+    assert unsure(TestResult(thresholds=[verdict])) == [verdict.message]  # xfail, never a silent pass
 
 
 def test_when_limits_a_bound_to_matching_configs(tmp_path):
@@ -95,6 +98,40 @@ def test_benchmark_fails_when_a_bound_is_broken_and_records_the_verdict(pytester
     verdicts = json.loads((pytester.path / "out" / "slow.json").read_text())["tests"]["ttft[short]"]["thresholds"]
     assert [(v["passed"], v["status"]) for v in verdicts] == [(False, "fail")]
     assert verdicts[0]["ci_low"] > verdicts[0]["bound"]  # failed on its whole interval, not on its point
+
+
+def relative_ttft_grid(pytester, write_grid):
+    shutil.copy(REPO / "benchmarks" / "test_ttft.py", pytester.path / "test_ttft.py")
+    (pytester.path / "th.yaml").write_text("thresholds:\n  ttft[short].ttft_ms: {max_vs_baseline_pct: 50}\n")
+    configs = [{"name": "base", "env": {"FAKE_VLLM_TTFT_MS": "5"}},
+               {"name": "slow", "env": {"FAKE_VLLM_TTFT_MS": "60"}}]
+    return write_grid(fake_grid(configs, baseline="base", thresholds="th.yaml", name="ttft-pair"))
+
+
+def test_a_relative_bound_with_the_baseline_deselected_and_no_stored_run_says_so_and_does_not_pass(pytester,
+                                                                                                   write_grid):
+    """`-k prefix_only` deselected the baseline and the relative criteria passed silently."""
+    grid = relative_ttft_grid(pytester, write_grid)
+    result = pytester.runpytest_subprocess("--grid", str(grid), "-k", "slow", "--results-dir", "out", "-rx",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, xfailed=1)
+    result.stdout.fnmatch_lines(["XFAIL*ttft*short*slow*ttft[[]short[]].ttft_ms p50 max +50% vs baseline: "
+                                 "not judged: no baseline measurement*"])
+    [verdict] = json.loads((pytester.path / "out" / "slow.json").read_text())["tests"]["ttft[short]"]["thresholds"]
+    assert verdict["status"] == "not judged" and "no baseline measurement" in verdict["message"]
+
+
+def test_a_relative_bound_with_the_baseline_deselected_uses_the_latest_complete_run_of_the_grid(pytester,
+                                                                                                write_grid):
+    grid = relative_ttft_grid(pytester, write_grid)
+    first = pytester.runpytest_subprocess("--grid", str(grid), "-p", "no:cacheprovider")  # results/<stamp>/
+    first.assert_outcomes(passed=3, failed=1)
+    [stored] = [p.parent for p in (pytester.path / "results").glob("*/manifest.json")]
+    result = pytester.runpytest_subprocess("--grid", str(grid), "-k", "slow", "--results-dir", "out",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([f"*slow: ttft*short*.ttft_ms p50 = * ms, ratio to baseline x*–* <= * ms required "
+                                 f"(baseline * ms from stored run *{stored.name} +50%): FAILED*"])
 
 
 def test_unknown_metric_in_the_thresholds_file_is_a_usage_error(pytester, write_grid):
