@@ -30,6 +30,25 @@ def test_seed_grid_has_the_12_named_configs_baseline_first():
     assert "prefix_only_high_memory_high_seqs" in grid.names
 
 
+def test_seed_grid_benchmarks_are_sized_for_its_131k_context():
+    """configs/grid.json had no benchmarks section: a 131k-context 32B model got 1,300-token prefixes and
+    48-token turns."""
+    from pytest_vllmgrid.placement import bench_settings
+
+    grid = load_grid(REPO / "configs" / "grid.json")
+    s = bench_settings(grid, None, repetitions=None, warmup=None)
+    context = grid.configs[0].params["max_model_len"]
+    assert context == 131072
+    assert s.kv_prefix_tokens == [4000, 16000, 32000] and max(s.kv_prefix_tokens) + s.kv_max_tokens < context
+    last_turn = s.conversation_system_tokens + s.conversation_turns * (s.conversation_user_tokens
+                                                                      + s.conversation_max_tokens)
+    assert s.conversation_turns == 15 and s.conversations == 3 and 10_000 <= last_turn < context
+    assert s.reasoning_max_tokens >= 800 and s.stability_max_tokens >= 800  # the seeds' long answers (800-1500)
+    assert s.long_prompt_tokens >= 8000 and s.request_timeout_s >= 300
+    assert max(s.concurrency) == max(c.params.get("max_num_seqs") or 0 for c in grid.configs) == 128  # 32/64/128 differ
+    assert grid.spec.primary_metric == "kv_cache[16000].ttft_hit_ms"
+
+
 def test_null_passes_no_flag_and_false_turns_a_default_off():
     args = params_to_args({"enable_prefix_caching": False, "enable_chunked_prefill": True, "max_num_seqs": None})
     assert args == ["--no-enable-prefix-caching", "--enable-chunked-prefill"]
