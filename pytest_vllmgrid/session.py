@@ -21,6 +21,7 @@ from pytest_vllmgrid import manifest, placement
 from pytest_vllmgrid.bench import BenchSettings
 from pytest_vllmgrid.deploy import DeployOptions, deployer_kinds, make_deployer
 from pytest_vllmgrid.deploy.base import Deployer, DeploymentError, Deployment
+from pytest_vllmgrid.deploy.effective import ConfigMismatchError, verify_effective_config
 from pytest_vllmgrid.deploy.owned import OwnedProcesses
 from pytest_vllmgrid.grid import Grid, GridError, ServerConfig, load_grid
 from pytest_vllmgrid.placement import PlacementError, cache_root
@@ -236,8 +237,12 @@ class GridSession:
         run = self.runs[cfg.name] = ConfigRun(cfg)
         store.reset_config(cfg.name, cfg.to_dict())
         try:
-            deployment = self.get_deployer().deploy(cfg, store.config_dir(cfg.name))
+            run.deployment = self.get_deployer().deploy(cfg, store.config_dir(cfg.name))
+            effective = verify_effective_config(cfg, run.deployment)  # a stated flag the server does not run: raises
         except DeploymentError as exc:
+            if run.deployment is not None:  # up but not running the requested config
+                run.deployment.teardown()
+                run.deployment = None
             run.error = exc
             run.settled = True
             store.update_config(cfg.name, lambda d: _record_failed_deploy(d, exc))
@@ -245,7 +250,7 @@ class GridSession:
                 self.baseline_failed = cfg.name
                 self.stop_reason = f"baseline config {cfg.name!r} could not deploy: {exc.summary()}"
             raise
-        run.deployment = deployment
+        deployment = run.deployment
         version = manifest.server_version(deployment)
         where = {"worker": self.pytest_config.workerinput.get("workerid")} if self.is_worker else {}
         gpus = self.gpu_set()
@@ -255,7 +260,7 @@ class GridSession:
         record = DeploymentRecord(
             status="success", startup_time_seconds=round(deployment.startup_seconds, 2),
             health_check_attempts=deployment.health_check_attempts,
-            log_path=str(deployment.log_path) if deployment.log_path else None, **where,
+            log_path=str(deployment.log_path) if deployment.log_path else None, effective=effective, **where,
             **{k: v for k, v in deployment.describe.items() if k != "ready_monotonic"})
 
         def deployed(result: ConfigResult) -> None:
@@ -451,7 +456,8 @@ def _stored_measurement(store: ResultsStore, config: str, test_key: str,
 def _record_failed_deploy(result: ConfigResult, exc: DeploymentError) -> None:
     """Mark a config's result as failed to deploy, with the reason."""
     result.status = "failed"
-    result.deployment = DeploymentRecord(status="failed", error=exc.to_dict())
+    result.deployment = DeploymentRecord(status="failed", error=exc.to_dict(),
+                                         effective=exc.effective if isinstance(exc, ConfigMismatchError) else None)
     result.errors.append(ErrorLine(time=now_iso(), message=exc.summary()))
 
 

@@ -74,6 +74,8 @@ class FaultOptions:
     api_delay_ms: float = 0.0
     queue_ms: float = 0.0
     held_tokens: int = 0
+    cache_config: str | None = None  # JSON labels of a vllm:cache_config_info gauge (None: no such gauge)
+    max_model_len: int = 4096  # what /v1/models lists
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -168,10 +170,15 @@ class _Metrics:
         for _ in range(max(plan.completion_tokens - 1, 0)):
             self.itl.observe(plan.options.itl_ms / 1000)
 
-    def render(self, model: str) -> str:
-        """Return the Prometheus text exposition."""
+    def render(self, model: str, cache_config: str | None = None) -> str:
+        """Return the Prometheus text exposition (with vLLM's cache_config_info gauge when given its labels)."""
         label = f'model_name="{model}"'
-        lines = [
+        lines = []
+        if cache_config:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(json.loads(cache_config).items()))
+            lines += ["# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig",
+                      "# TYPE vllm:cache_config_info gauge", f"vllm:cache_config_info{{{labels}}} 1.0"]
+        lines += [
             "# HELP vllm:prefix_cache_queries_total Prefix cache queries, in tokens.",
             "# TYPE vllm:prefix_cache_queries_total counter",
             f"vllm:prefix_cache_queries_total{{{label}}} {float(self.queries)}",
@@ -249,7 +256,8 @@ class FaultApp:
         """Route one request."""
         mode, path, post = self.options.mode, request.path, request.method == "POST"
         if path == "/metrics":
-            await _respond(writer, 200, self._metrics.render(self.options.model), "text/plain")
+            await _respond(writer, 200, self._metrics.render(self.options.model, self.options.cache_config),
+                           "text/plain")
         elif mode == "never_ready":
             await _respond_json(writer, 503, _error_body("server is starting", 503))
         elif path == "/health":
@@ -372,7 +380,7 @@ class FaultApp:
             "object": "model",
             "owned_by": "vllm",
             "root": name,
-            "max_model_len": 4096,
+            "max_model_len": self.options.max_model_len,
         }
         return {"object": "list", "data": [card]}
 
@@ -721,6 +729,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-delay-ms", type=float, default=defaults.api_delay_ms)
     parser.add_argument("--queue-ms", type=float, default=defaults.queue_ms)
     parser.add_argument("--held-tokens", type=int, default=defaults.held_tokens)
+    parser.add_argument("--cache-config", default=defaults.cache_config)
+    parser.add_argument("--max-model-len", type=int, default=defaults.max_model_len)
     args = vars(parser.parse_args(argv))
     port, max_lifetime_s = args.pop("port"), args.pop("max_lifetime")
     app = FaultApp(FaultOptions(**args), exit_process_on_crash=True)

@@ -105,6 +105,16 @@ def looks_like_oom(log_text: str) -> bool:
     return bool(_OOM_PATTERN.search(log_text))
 
 
+def read_from(path: Path, offset: int = 0, limit: int = 4 * 1024 * 1024) -> str:
+    """A text file's first `limit` bytes from `offset` (empty when it does not exist)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(limit).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 def tail_file(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     """The last `lines` lines of a text file (empty when it does not exist)."""
     try:
@@ -131,6 +141,7 @@ class Deployment:
     _alive: Callable[[], str | None] = field(default=lambda: None, repr=False)
     _teardown: Callable[[], None] = field(default=lambda: None, repr=False)
     _log_tail: Callable[[], str] = field(default=lambda: "", repr=False)
+    _startup_log: Callable[[], str] | None = field(default=None, repr=False)  # the log since this start
     torn_down: bool = False
     _http: httpx.Client | None = field(default=None, repr=False)
 
@@ -149,6 +160,10 @@ class Deployment:
     def log_tail(self) -> str:
         """The server log's last lines."""
         return self._log_tail()
+
+    def startup_log(self) -> str:
+        """The server's log from its start (where vLLM prints its arguments), else its last lines."""
+        return self._startup_log() if self._startup_log is not None else self._log_tail()
 
     def teardown(self) -> None:
         """Stop the server and release what was started; safe to call twice."""

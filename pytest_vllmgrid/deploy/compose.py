@@ -597,7 +597,7 @@ class ComposeDeployer:
             config_name=config.name, endpoint=endpoint, startup_seconds=startup_s,
             health_check_attempts=ready.attempts, log_path=workdir / DEPLOYMENT_LOG_FILE, describe=started.describe,
             _alive=lambda: self._death_reason(started), _teardown=lambda: self._finish(started),
-            _log_tail=lambda: self._container_tail(started))
+            _log_tail=lambda: self._container_tail(started), _startup_log=lambda: self._container_log(started))
 
     def restore(self) -> str:
         """Bring the user's service back up from their unmodified compose file; returns what happened."""
@@ -696,17 +696,22 @@ class ComposeDeployer:
             return tail_file(started.workdir / CONTAINER_LOG_FILE, lines)
         return redact(raw.decode("utf-8", errors="replace"), started.log.secrets)
 
-    def _save_container_log(self, started: _Started) -> None:
-        """Write the whole container log to docker_container.log (before the container is removed)."""
+    def _container_log(self, started: _Started) -> str:
+        """The whole container log, secrets redacted ("" when there is none or it is gone)."""
         if started.container is None:
-            return
+            return ""
         try:
             raw = started.container.logs(stdout=True, stderr=True)
         except Exception as exc:  # noqa: BLE001 - already removed: say so in the deployment log
             started.log.line(f"container log unavailable: {type(exc).__name__}: {exc}")
-            return
-        text = redact(raw.decode("utf-8", errors="replace"), started.log.secrets)
-        write_text_atomic(started.workdir / CONTAINER_LOG_FILE, text)
+            return ""
+        return redact(raw.decode("utf-8", errors="replace"), started.log.secrets)
+
+    def _save_container_log(self, started: _Started) -> None:
+        """Write the whole container log to docker_container.log (before the container is removed)."""
+        text = self._container_log(started)
+        if text:
+            write_text_atomic(started.workdir / CONTAINER_LOG_FILE, text)
 
     def _explain_failure(self, exc: DeploymentError, started: _Started) -> DeploymentError:
         """The error with the container's state (exit code, OOM kill, health) and its last log lines."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vllmgrid.deploy import capacity, hub
-from pytest_vllmgrid.deploy.base import DeploymentError, Deployment, Endpoint, tail_file
+from pytest_vllmgrid.deploy.base import DeploymentError, Deployment, Endpoint, read_from, tail_file
 from pytest_vllmgrid.deploy.options import DeployOptions
 from pytest_vllmgrid.deploy.owned import OwnedProcesses
 from pytest_vllmgrid.deploy.readiness import wait_until_ready
@@ -161,6 +161,7 @@ class ProcessDeployer:
                                   config_name=config.name, kind="port_in_use")
         argv = self.command(config, port, model_path)
         start = time.monotonic()
+        log_start = log_path.stat().st_size if log_path.exists() else 0  # the log is appended to across deploys
         with open(log_path, "ab") as log:
             log.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
             log.flush()
@@ -198,7 +199,8 @@ class ProcessDeployer:
             health_check_attempts=ready.attempts, log_path=log_path,
             describe={"deployer": self.name, "command": argv, "pid": proc.pid, "port": port,
                       "ready_stages_s": ready.stages, "ready_monotonic": ready.first_ok_monotonic},
-            _alive=death_reason, _teardown=teardown, _log_tail=lambda: tail_file(log_path))
+            _alive=death_reason, _teardown=teardown, _log_tail=lambda: tail_file(log_path),
+            _startup_log=lambda: read_from(log_path, log_start))
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:

@@ -103,6 +103,7 @@ def render_markdown(report: Report) -> str:
         out.append("| " + " | ".join(cells) + " |")
     if report.machines_note:
         out += ["", f"**Caution: {report.machines_note}.**"]
+    out += effective_section(report)
     opt = report.optimal
     out += ["", "## Optimal configuration", ""]
     out.append(f"**{opt.name}**{optimal_suffix(report)}" if opt else "none (no config produced the primary metric)")
@@ -147,6 +148,18 @@ def render_markdown(report: Report) -> str:
                                        f"{delta(metric)} |"]))
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def effective_section(report: Report) -> list[str]:
+    """`## Effective config`: per config, the stated flags the server confirmed or contradicted and what it showed
+    for the flags not stated ([] when no result recorded it)."""
+    rows = [row for row in report.configs if row.effective is not None]
+    if not rows:
+        return []
+    out = ["", "## Effective config", "",
+           "What each server showed it runs after readiness (startup log `non-default args`, /metrics "
+           "`vllm:cache_config_info`, /v1/models), against the flags its config states.", ""]
+    return out + [f"- {row.name}: {row.effective.summary()}" for row in rows]
 
 
 def optimal_suffix(report: Report) -> str:

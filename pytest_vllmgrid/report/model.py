@@ -12,7 +12,7 @@ from pytest_vllmgrid.judge import PERCENT_UNITS, goal_shortfall
 from pytest_vllmgrid.numbers import fmt_number as _fmt
 from pytest_vllmgrid.results import (HIGHER, LOWER, ConfigResult, ErrorLine, JsonObject, Machine, Metric, ResultsStore,
                                      placement_note)
-from pytest_vllmgrid.results.models import Better, ResumeRecord
+from pytest_vllmgrid.results.models import Better, EffectiveConfig, ResumeRecord
 from pytest_vllmgrid.stats import ratio_ci
 
 # Preferred primary metrics, in order, when the grid names none.
@@ -76,6 +76,7 @@ class ConfigRow(_ReportModel):
     goal_unmet: list[str] | None = None  # why it misses the run's goal ([] = meets it; None = the run has no goal)
     host: str | None = None  # where it was measured (None: not recorded, e.g. an older result)
     gpu_uuids: list[str] | None = None
+    effective: EffectiveConfig | None = None  # what the server showed it runs (None: not read, e.g. an older result)
 
     def machine(self) -> Machine | None:
         """Where this config was measured, when its result says."""
@@ -239,7 +240,7 @@ def _config_row(name: str, data: ConfigResult, goal: list[str]) -> ConfigRow:
                     failure=data.failure(), errors=data.errors, skip_reason=data.skip_reason,
                     unmet=[v.message for v in data.verdicts() if v.status not in ("pass", "not judged")],
                     goal_unmet=goal_shortfall(goal, data) if goal else None, host=data.deployment.host,
-                    gpu_uuids=data.deployment.gpu_uuids)
+                    gpu_uuids=data.deployment.gpu_uuids, effective=data.deployment.effective)
     for key, test in data.tests.items():
         row.tests[key] = TestOutcome(status=test.status, message=test.message)
         meas = test.measurement

@@ -267,6 +267,66 @@ class ErrorLine(_Model):
     message: str
 
 
+EFFECTIVE_SOURCES = {"log": "startup log", "metrics": "/metrics", "models": "/v1/models"}
+FlagStatus = Literal["confirmed", "mismatch", "not_verifiable", "seen"]
+
+
+def flag_value_text(value: JsonValue) -> str:
+    """A flag's value as a grid spells it: true/false, numbers, bare strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+class FlagCheck(_Model):
+    """One vLLM flag: the grid's value (None: not stated) and what each source showed the server runs."""
+
+    flag: str
+    requested: JsonValue = None
+    seen: dict[str, JsonValue] = Field(default_factory=dict)  # source (EFFECTIVE_SOURCES) -> value it showed
+    status: FlagStatus
+
+    def seen_text(self) -> str:
+        """`false (startup log, /metrics)`; sources that disagree are listed value by value."""
+        by_value: dict[str, list[str]] = {}
+        for source, value in self.seen.items():
+            by_value.setdefault(flag_value_text(value), []).append(EFFECTIVE_SOURCES.get(source, source))
+        return "; ".join(f"{value} ({', '.join(sources)})" for value, sources in by_value.items())
+
+    def text(self) -> str:
+        """`enable_prefix_caching requested true, seen false (startup log, /metrics)` or `block_size=16 (/metrics)`."""
+        if self.status == "mismatch":
+            return f"{self.flag} requested {flag_value_text(self.requested)}, seen {self.seen_text()}"
+        if self.status == "not_verifiable":
+            return self.flag
+        return f"{self.flag}={self.seen_text()}"
+
+
+class EffectiveConfig(_Model):
+    """What the server showed it runs after readiness, per source, and each flag checked against the grid."""
+
+    sources: dict[str, JsonObject] = Field(default_factory=dict)  # source -> what it showed
+    unavailable: dict[str, str] = Field(default_factory=dict)  # source -> why it showed nothing
+    checks: list[FlagCheck] = Field(default_factory=list)
+
+    def with_status(self, status: str) -> list[FlagCheck]:
+        """The checks of one status, in grid order."""
+        return [c for c in self.checks if c.status == status]
+
+    def summary(self) -> str:
+        """One line: mismatches, confirmations, stated flags no source shows, unstated flags seen, missing sources."""
+        parts = []
+        for status, label in (("mismatch", "MISMATCH"), ("confirmed", "confirmed"),
+                              ("not_verifiable", "not verifiable"), ("seen", "not stated, seen")):
+            checks = self.with_status(status)
+            if checks:
+                parts.append(f"{label}: " + ", ".join(c.text() for c in checks))
+        if self.unavailable:
+            parts.append("not read: " + ", ".join(f"{EFFECTIVE_SOURCES.get(s, s)} ({why})"
+                                                  for s, why in self.unavailable.items()))
+        return "; ".join(parts) or "nothing seen"
+
+
 class DeploymentRecord(BaseModel):
     """How a config was deployed; deployers add their own facts (pid, port, container, command...)."""
 
@@ -282,6 +342,7 @@ class DeploymentRecord(BaseModel):
     gpu_devices: list[str] | None = None
     host: str | None = None  # the machine the server ran on; None in results from before it was recorded
     gpu_uuids: list[str] | None = None  # NVML UUIDs of the GPUs the server was given; None where NVML was not read
+    effective: EffectiveConfig | None = None  # what the server showed it runs; None in results from before it was read
 
     def extra_facts(self) -> JsonObject:
         """The deployer-specific fields."""
