@@ -3,7 +3,8 @@
 A test wraps a case in `with reliability_case(group, name, expected) as case:` and notes what it saw
 (`case.observe(...)`, `case.check_results(dir)`, `case.check_processes(pids)`); on exit one JSON line is appended
 to the ledger, whether the test passed or not. `scripts/reliability_table.py` turns the ledger into the table of
-docs/reliability.md. Ledger: $VLLMGRID_RELIABILITY_LEDGER, default results/reliability/ledger.jsonl.
+docs/reliability.md. Ledger: $VLLMGRID_RELIABILITY_LEDGER; without it cases are not recorded, so a plain test run
+writes nothing into the repo's results/ (`scripts/reliability_table.py --run` sets it to results/reliability/).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ REPO = Path(__file__).resolve().parent.parent
 LEDGER_ENV = "VLLMGRID_RELIABILITY_LEDGER"
 
 
+DEFAULT_LEDGER = REPO / "results" / "reliability" / "ledger.jsonl"
+
+
 def ledger_path() -> Path:
-    """Where cases are appended."""
-    return Path(os.environ.get(LEDGER_ENV) or REPO / "results" / "reliability" / "ledger.jsonl")
+    """The ledger the table is made from: $VLLMGRID_RELIABILITY_LEDGER, else results/reliability/ledger.jsonl."""
+    return Path(os.environ.get(LEDGER_ENV) or DEFAULT_LEDGER)
 
 
 @dataclass
@@ -91,8 +95,10 @@ def reliability_case(group: str, name: str, expected: str) -> Iterator[Case]:
 
 
 def _append(case: Case) -> None:
-    """One JSON line, written with a single append (safe with pytest-xdist workers)."""
-    path = ledger_path()
+    """One JSON line, written with a single append (safe with pytest-xdist workers); only into a ledger asked for."""
+    if not os.environ.get(LEDGER_ENV):
+        return
+    path = Path(os.environ[LEDGER_ENV])
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps({**asdict(case), "recorded_at": time.time()}, ensure_ascii=False) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -4,6 +4,7 @@ finishes it; SIGKILL leaves valid results and an orphaned server that the next r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -53,12 +54,32 @@ def grid_dir(pytester: pytest.Pytester, write_grid, events_file: Path, monkeypat
     return pytester.path
 
 
+def take_sigint() -> None:
+    """In the child before exec: SIGINT back to its default, so Python turns it into KeyboardInterrupt even when
+    this suite was launched with SIGINT ignored (a background job of a script, `cmd &`, as many CI runners do)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_pytest(where: Path, *args: str, **env: str) -> subprocess.Popen:
     """pytest on the grid in its own session (a terminal's Ctrl+C would reach only it), output to a log file."""
     log = open(where / f"pytest-{time.monotonic_ns()}.log", "wb")
     return subprocess.Popen([sys.executable, "-m", "pytest", "--grid", "grid.json", "-p", "no:cacheprovider",
                              "-p", "no:hypothesispytest", *args], cwd=where, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env={**os.environ, **env}, start_new_session=True)
+                            stdin=subprocess.DEVNULL, env={**os.environ, **env}, start_new_session=True,
+                            preexec_fn=take_sigint)
+
+
+@contextlib.contextmanager
+def launched_with(sigint_ignored: bool) -> Iterator[None]:
+    """This test process as a background job of a script starts: with SIGINT ignored, which children inherit."""
+    if not sigint_ignored:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_pytest(where: Path, *args: str, timeout_s: float = 120, **env: str) -> tuple[int, str]:
@@ -127,11 +148,13 @@ def check_resume_finishes(case: Case, where: Path, events_file: Path, skipped: l
     case.observe(f"--resume: skipped {', '.join(skipped) or 'nothing'}, ran {', '.join(started)}: run complete")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_during_a_deploy_stops_the_starting_server_and_resume_finishes(grid_dir, events_file, sig):
-    name = signal.Signals(sig).name
-    with reliability_case("interruption", f"{name} during a deploy", "pytest exits 2 at once; the starting server is "
-                          "stopped; run and config marked interrupted; --resume redoes everything") as case:
+@pytest.mark.parametrize("sig,ignored", [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["SIGINT", "SIGINT-launched-with-SIGINT-ignored", "SIGTERM"])
+def test_a_signal_during_a_deploy_stops_the_starting_server_and_resume_finishes(grid_dir, events_file, sig, ignored):
+    name = signal.Signals(sig).name + (" (launched with SIGINT ignored)" if ignored else "")
+    with launched_with(sigint_ignored=ignored), reliability_case(
+            "interruption", f"{name} during a deploy", "pytest exits 2 at once; the starting server is stopped; run "
+            "and config marked interrupted; --resume redoes everything") as case:
         code, took = interrupt(grid_dir, sig, lambda: "start base" in read_events(events_file), "the deploy",
                                FAKE_VLLM_STARTUP_S="30")
         out = grid_dir / "out"
