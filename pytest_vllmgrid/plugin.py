@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from pytest_vllmgrid import gate
+from pytest_vllmgrid.deploy import Deployment
 from pytest_vllmgrid.load import interrupt_running_loop
 from pytest_vllmgrid.progress import config_of_nodeid
 from pytest_vllmgrid.judge import NotConclusive
@@ -345,6 +347,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         run.reported = True
         report.user_properties.append(("vllmgrid_deploy", {
             "startup_time_seconds": round(run.deployment.startup_seconds, 1)}))
+    if report.when == "call" and report.failed and run is not None and run.deployment is not None:
+        died = _death_during_the_test(run.deployment)
+        if died is not None:  # the cause, in place of the client's traceback (a closed transport, a disconnect)
+            report.longrepr = f"server died during the benchmark ({died}); log: {run.deployment.log_path}"
     if report.when == "call" or (report.when == "setup" and not report.passed):
         status = "passed" if report.passed else ("inconclusive" if hasattr(report, "wasxfail") else
                                                  "skipped" if report.skipped else
@@ -353,6 +359,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         gs.record_outcome(cfg.name, result_key(item), status, message, report.duration)
     if gs.stop_reason:
         item.session.shouldstop = gs.stop_reason
+
+
+def _death_during_the_test(deployment: Deployment, settle_s: float = 0.5) -> str | None:
+    """Why the server of a failed benchmark is gone, or None while it runs: a server that dropped its
+    connections is given `settle_s` to be seen exiting."""
+    if deployment.torn_down:
+        return None
+    deadline = time.monotonic() + settle_s
+    while (reason := deployment.death_reason()) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return reason
 
 
 def _one_line(report: pytest.TestReport) -> str:

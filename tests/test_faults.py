@@ -93,10 +93,11 @@ FAULTS = [
           "failed", r"^AssertionError: faulty: ttft\[(short|long)\]\.ttft_ms p50 = 1\d{3} ms .*<= 500 ms required: "
           r"FAILED$", args=QUICK, thresholds=TTFT_MAX_500),
     Fault("crash_after_n", {"FAKE_VLLM_MODE": "crash_after_n"},
-          "server exits (code 3) inside ttft[short]: it fails with `disconnect`; ttft[long] errors `server is gone "
-          "(exit code 3)` with the log; config marked failed with the death and log tail",
+          "server exits (code 3) inside ttft[short]: it fails with `server died during the benchmark (exit code 3)`, "
+          "no traceback; ttft[long] errors `server is gone (exit code 3)` with the log; config marked failed with "
+          "the death and log tail",
           "failed", "", per_test={
-              "ttft[short]": ("failed", r"^AssertionError: 2 of 3 requests failed: .*'(dis)?connect'"),
+              "ttft[short]": ("failed", r"^server died during the benchmark \(exit code 3\); log: .*server\.log$"),
               "ttft[long]": ("error", r"^Failed: server for faulty is gone \(exit code 3\); log: .*server\.log$")}),
 ]
 
@@ -201,6 +202,10 @@ def test_a_fault_fails_its_config_with_a_one_line_reason_and_the_grid_goes_on(py
             case.observe(f"config status {faulty['status']}, died: {died.get('reason')}, "
                          f"{len(died.get('log_tail') or [])} log lines kept")
             assert faulty["status"] == "failed" and died.get("reason") == "exit code 3" and died.get("log_tail")
+            terminal = run.result.stdout.str()
+            said = re.search(r"^server died during the benchmark \(exit code 3\); log: \S+$", terminal, re.M)
+            assert said and "Traceback" not in terminal, terminal[-3000:]
+            case.observe(f"terminal: {said.group(0)}")
         check_survival(case, run, events_file, crashed)
 
 

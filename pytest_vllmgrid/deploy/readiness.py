@@ -76,7 +76,8 @@ def wait_until_ready(
 
 
 def _probe(http: httpx.Client, endpoint: Endpoint, stage: str) -> tuple[str, str]:
-    """Advance through the stages from `stage`; returns (stage reached, what is still missing there)."""
+    """Advance through the stages from `stage`; returns (stage reached, what is still missing there, or for
+    "ready" what answered: the deployment log's readiness line never ends empty)."""
     for name, check in _STAGES[[n for n, _ in _STAGES].index(stage):]:
         try:
             problem = check(http, endpoint)
@@ -86,7 +87,7 @@ def _probe(http: httpx.Client, endpoint: Endpoint, stage: str) -> tuple[str, str
             return name, f"unreadable answer: {type(exc).__name__}: {str(exc)[:200]}"
         if problem:
             return name, problem
-    return "ready", ""
+    return "ready", "/health, /v1/models and a completion answered"
 
 
 def _health(http: httpx.Client, endpoint: Endpoint) -> str | None:
