@@ -133,3 +133,28 @@ def test_a_failed_servers_log_tail_is_shown_once(pytester, write_grid):
     assert out.count("log lines ---") == 1 and out.count("\nvllm: error: unrecognized arguments: --bogus-flag\n") == 1
     assert "During handling of the above exception" not in out
     assert out.count("\ndeployment of bad failed: server for bad exited") == 2  # each test: one line
+
+
+def test_the_hub_is_asked_for_the_environment_given_not_the_one_huggingface_hub_was_imported_in(tmp_path):
+    """huggingface_hub fixes HF_HUB_OFFLINE at its first import: a process that imported it offline (CI did, in an
+    earlier test) answered 'cannot be reached' for an online check against a hub that says 404."""
+    import subprocess
+    import sys
+
+    script = (
+        "import http.server, threading, huggingface_hub\n"
+        "from pytest_vllmgrid.deploy import hub\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(404); self.send_header('Content-Length', '0'); self.end_headers()\n"
+        "    def log_message(self, *a): pass\n"
+        "s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)\n"
+        "threading.Thread(target=s.serve_forever, daemon=True).start()\n"
+        f"print(hub.model_problem('org/nonexistent', {{'HF_HOME': {str(tmp_path)!r}, "
+        "'HF_ENDPOINT': f'http://127.0.0.1:{s.server_port}'}))\n")
+    import os
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.stdout.startswith("model 'org/nonexistent' is neither in the local Hugging Face cache nor on the hub"), \
+        out.stdout + out.stderr

@@ -67,28 +67,29 @@ def model_problem(model: str, env: Mapping[str, str] | None = None, *, offline_b
 
 
 def _download_problem(model: str, env: Mapping[str, str]) -> str | None:
-    """Why the hub cannot send `model` (asked once, briefly), or None; None too without huggingface_hub."""
+    """Why the hub cannot send `model` (asked once, briefly, over its HTTP API), or None.
+
+    Asked with httpx rather than huggingface_hub: the latter reads HF_HUB_OFFLINE and HF_ENDPOINT once, at its
+    first import, so in a long-lived process it can answer for another environment than `env`."""
+    import httpx
+
+    endpoint = (env.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    shown = env.get("HF_ENDPOINT") or "huggingface.co"
+    token = env.get("HF_TOKEN")
+    host = httpx.URL(endpoint).host
     try:
-        from huggingface_hub import HfApi
-        from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-    except ImportError:
+        response = httpx.get(f"{endpoint}/api/models/{model}", timeout=HUB_TIMEOUT_S,
+                             headers={"Authorization": f"Bearer {token}"} if token else None,
+                             trust_env=host not in ("127.0.0.1", "localhost", "::1"))
+    except httpx.HTTPError as exc:
+        return (f"model {model!r} is not in the local Hugging Face cache and the hub ({shown}) cannot be reached "
+                f"({type(exc).__name__}): {fetch_hint(model)} on a machine that can reach it, or fix the network / "
+                "HF_ENDPOINT")
+    if response.status_code == 200:
         return None
-    endpoint = env.get("HF_ENDPOINT") or None
-    try:
-        HfApi(endpoint=endpoint, token=env.get("HF_TOKEN") or None).model_info(model, timeout=HUB_TIMEOUT_S)
-    except GatedRepoError:
+    if response.headers.get("X-Error-Code") == "GatedRepo":
         return f"model {model!r} is gated on the hub: accept its terms on the model page and set HF_TOKEN"
-    except RepositoryNotFoundError:
-        return (f"model {model!r} is neither in the local Hugging Face cache nor on the hub "
-                f"({endpoint or 'huggingface.co'}); check the id, or set HF_TOKEN for a private model")
-    except HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status in (401, 403, 404):
-            return (f"model {model!r} is neither in the local Hugging Face cache nor on the hub "
-                    f"({endpoint or 'huggingface.co'}: HTTP {status}); check the id, or set HF_TOKEN for a private model")
-        return f"model {model!r} is not cached and the hub answered {exc.__class__.__name__}: {str(exc)[:150]}"
-    except Exception as exc:  # noqa: BLE001 - a network error of whichever HTTP library huggingface_hub uses
-        return (f"model {model!r} is not in the local Hugging Face cache and the hub "
-                f"({endpoint or 'huggingface.co'}) cannot be reached ({type(exc).__name__}): {fetch_hint(model)} "
-                "on a machine that can reach it, or fix the network / HF_ENDPOINT")
-    return None
+    if response.status_code in (401, 403, 404):
+        return (f"model {model!r} is neither in the local Hugging Face cache nor on the hub ({shown}: HTTP "
+                f"{response.status_code}); check the id, or set HF_TOKEN for a private model")
+    return f"model {model!r} is not cached and the hub answered HTTP {response.status_code}"
