@@ -268,11 +268,10 @@ def _local_model_defaults(model: str, defaults: dict[str, Any], problems: list[s
     """'@tiny' or '@dummy:SHAPE' (the project builds both); a dummy shape has no weights: load_format dummy."""
     if model == TINY_MODEL:
         return defaults
-    shapes = sorted(dummymodel.SHAPES)
-    allowed = ", ".join([TINY_MODEL] + [dummymodel.PREFIX + s for s in shapes])
-    if not dummymodel.is_dummy(model) or dummymodel.shape_name(model) not in dummymodel.SHAPES:
-        problems.append(f"grid field 'model' = {model!r}: a model built by the project must be one of {allowed}"
-                        f"{suggest(model, [TINY_MODEL] + [dummymodel.PREFIX + s for s in shapes])}")
+    choices = [TINY_MODEL] + [dummymodel.PREFIX + shape for shape in sorted(dummymodel.SHAPES)]
+    if model not in choices:
+        problems.append(f"grid field 'model' = {model!r}: a model built by the project must be one of "
+                        f"{', '.join(choices)}{suggest(model, choices)}")
         return defaults
     load_format = defaults.get("load_format", dummymodel.LOAD_FORMAT)
     if load_format != dummymodel.LOAD_FORMAT:

@@ -38,6 +38,16 @@ def events_file(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> P
     return path
 
 
+def copy_run(recorded: Path, dest: Path):
+    """A writable copy of a recorded results directory (tests/data/...), opened as a ResultsStore."""
+    import shutil
+
+    from pytest_vllmgrid.results import ResultsStore
+
+    shutil.copytree(recorded, dest)
+    return ResultsStore(dest)
+
+
 def read_events(path: Path) -> list[str]:
     """The 'start X' / 'stop X' events in order (timestamps dropped)."""
     if not path.exists():

@@ -9,12 +9,12 @@ trimmed); the old report.md is beside it for reference.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import copy_run
 
 from pytest_vllmgrid.grid import load_grid
 from pytest_vllmgrid.judge import judge_test
@@ -29,9 +29,7 @@ PREFIXES = ("kv_cache[4000]", "kv_cache[16000]", "kv_cache[32000]")
 
 @pytest.fixture
 def run(tmp_path: Path) -> ResultsStore:
-    root = tmp_path / "h200"
-    shutil.copytree(H200_RUN, root)
-    return ResultsStore(root)
+    return copy_run(H200_RUN, tmp_path / "h200")
 
 
 def test_the_h200_run_loads_complete_with_every_kv_prefix_length(run: ResultsStore) -> None:
@@ -142,9 +140,8 @@ def test_the_tensor_parallel_grid_needs_two_gpus_and_preflight_says_so_here() ->
 @pytest.mark.skipif(not TP2_RUN.is_dir(), reason="no two-GPU run recorded yet: the nvidia-h200-x2 kind was not "
                     "lent in any session so far (issue 21); record configs/h200-tp2.yaml there into " + str(TP2_RUN))
 def test_the_tensor_parallel_run_replays_with_both_gpus_per_config(tmp_path: Path) -> None:
-    root = tmp_path / "tp2"
-    shutil.copytree(TP2_RUN, root)
-    store = ResultsStore(root)
+    store = copy_run(TP2_RUN, tmp_path / "tp2")
+    root = store.root
     for name, result in store.all_configs().items():
         assert result.status == "complete", name
         assert len(set(result.deployment.gpu_uuids or [])) == 2, name  # the TP config's GPU set

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import copy_run
 
 from pytest_vllmgrid.report import write_reports
 from pytest_vllmgrid.results import (SCHEMA_VERSION, ConfigResult, Measurement, ResultsStore, SchemaError,
@@ -19,9 +19,7 @@ V1_RUN = Path(__file__).parent / "data" / "v1_cpu_run"  # the default CPU job, w
 
 @pytest.fixture
 def v1_copy(tmp_path: Path) -> ResultsStore:
-    root = tmp_path / "run"
-    shutil.copytree(V1_RUN, root)
-    return ResultsStore(root)
+    return copy_run(V1_RUN, tmp_path / "run")
 
 
 def test_a_schema_1_run_loads_as_typed_results(v1_copy: ResultsStore) -> None:
