@@ -13,15 +13,39 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pytest_vllmgrid.stats import bootstrap_ci, t_quantile
+from pytest_vllmgrid.stats import t_quantile
 
-PAIRED_MEDIAN_METHOD = "median of per-unit ratios, bootstrap 95% CI over units"
+PAIRED_MEDIAN_METHOD = "median of per-unit ratios, distribution-free (order-statistic) 95% CI over units"
 LOG_T_METHOD = "geometric mean of per-unit ratios, t 95% CI on their logs over units"
 
 
+def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free CI of a median: the order statistics x(k) and x(n-k+1) with the largest k such
+    that P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2, so coverage is at least `confidence` for any
+    continuous distribution (for n < 6 no such k exists and the CI is [min, max], covering 1 - 2^(1-n)).
+
+    A percentile bootstrap of the median is too narrow for a dozen units: in an A/A simulation
+    (lognormal ratios, 400 trials each) its 95% CI excluded the true median 6.5-7.8% of the time at
+    n = 6-24; this one stays under 5% (tests/test_designs.py measures both).
+    """
+    xs = np.sort(np.asarray(values, dtype=float))
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no values")
+    tail = (1 - confidence) / 2
+    k, cumulative = 0, 0.0  # k = how many order statistics may be cut from each end
+    while k < n // 2:
+        cumulative += math.comb(n, k) / 2 ** n  # P(Binomial(n, 1/2) = k)
+        if cumulative > tail:
+            break
+        k += 1
+    k = max(k, 1)  # 1-indexed rank of the lower bound
+    return float(xs[k - 1]), float(xs[n - k])
+
+
 def paired_ratio(ratios: Sequence[float]) -> tuple[float, tuple[float, float]]:
-    """Median of per-unit ratios with its bootstrap 95 % CI over units (at least a few units)."""
-    return float(np.median(ratios)), bootstrap_ci(list(ratios), np.median)
+    """Median of per-unit ratios with its distribution-free 95 % CI over units (`median_ci`)."""
+    return float(np.median(ratios)), median_ci(ratios)
 
 
 def unit_change_pct(ratios: Sequence[float]) -> tuple[float, tuple[float, float] | None]:

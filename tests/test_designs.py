@@ -29,3 +29,24 @@ def test_early_late_pairs_match_kind_and_position() -> None:
     values = [10, 100, 11, 110, 20, 200, 22, 220]
     kinds = ["s", "l"] * 4
     assert early_late_pairs(values, kinds) == [2.0, 2.0, 2.0, 2.0]
+
+
+def test_the_paired_median_ci_keeps_its_coverage_where_a_bootstrap_of_the_median_does_not() -> None:
+    """A/A: per-unit ratios centred on 1. The built-in A/A check rejects a figure whose CI excludes 1.0, so
+    the CI's miss rate is that check's false-alarm rate (the bootstrap one failed a CI run's baseline)."""
+    from pytest_vllmgrid.designs import median_ci
+    from pytest_vllmgrid.stats import bootstrap_ci
+
+    rng = np.random.default_rng(7)
+    trials = [np.exp(rng.normal(0, 0.05, 8)) for _ in range(400)]
+    order_stat = sum(not (lo <= 1.0 <= hi) for lo, hi in (median_ci(list(r)) for r in trials)) / len(trials)
+    boot = sum(not (lo <= 1.0 <= hi) for lo, hi in (bootstrap_ci(list(r), np.median) for r in trials)) / len(trials)
+    assert order_stat <= 0.025 and boot > 0.05  # expected: 0.8% (n=8: [x(1), x(8)]) vs about 9%
+
+
+def test_median_ci_uses_the_binomial_ranks() -> None:
+    from pytest_vllmgrid.designs import median_ci
+
+    assert median_ci([5, 1, 3, 2, 4, 6]) == (1.0, 6.0)  # n=6: P(B<1) = 1.6% <= 2.5% < P(B<2)
+    assert median_ci(list(range(1, 13))) == (3.0, 10.0)  # n=12: P(B<3) = 1.9% <= 2.5% < P(B<4) = 7.3%
+    assert median_ci([2.0]) == (2.0, 2.0)

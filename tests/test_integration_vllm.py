@@ -27,7 +27,7 @@ def two_config_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]
         [sys.executable, "-m", "pytest", "benchmarks/test_ttft.py", "benchmarks/test_kv_cache.py",
          "-k", "baseline or prefix_caching", "--results-dir", str(out), "-p", "no:cacheprovider",
          "--vllm-bench", "repetitions=6", "--vllm-bench", "kv_repetitions=6", "--vllm-warmup", "1",
-         "--vllm-thresholds", str(REPO / "tests" / "data" / "no-thresholds.yaml")],
+         "-rxX", "--vllm-thresholds", str(REPO / "tests" / "data" / "no-thresholds.yaml")],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     return out, proc
 
@@ -35,7 +35,13 @@ def two_config_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]
 def test_both_configs_deploy_and_pass(two_config_run):
     out, proc = two_config_run
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "6 passed" in proc.stdout
+    if "5 passed" in proc.stdout and "1 xfailed" in proc.stdout:
+        # the baseline's built-in A/A check has a false-alarm rate of at most 3% at 6 pairs (designs.median_ci):
+        # the one xfail allowed is that check, named as such
+        xfails = [line for line in proc.stdout.splitlines() if line.startswith("XFAIL")]
+        assert len(xfails) == 1 and "kv_cache[baseline]" in xfails[0] and "A/A check failed" in xfails[0], xfails
+    else:
+        assert "6 passed" in proc.stdout, proc.stdout[-3000:]
 
 
 def test_results_file_per_config_with_seed_schema(two_config_run):
@@ -107,7 +113,7 @@ def test_two_workers_run_two_real_servers_at_once_and_one_report(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "benchmarks/test_ttft.py", "-n", "2", "-k", "short",
          "--results-dir", str(out), "-p", "no:cacheprovider", "--vllm-bench", "repetitions=4", "--vllm-warmup", "1",
-         "--vllm-thresholds", str(REPO / "tests" / "data" / "no-thresholds.yaml")],
+         "-rxX", "--vllm-thresholds", str(REPO / "tests" / "data" / "no-thresholds.yaml")],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     configs = {name: json.loads((out / f"{name}.json").read_text())
