@@ -431,6 +431,19 @@ class TtftGap:
     prefill_ms: float | None = None
     before_engine_ms: float | None = None  # client e2e mean - engine e2e mean
     itl_ms: float | None = None
+    first_output_ms: float | None = None  # client mean to the server's first data event (the role chunk)
+
+    @property
+    def first_output_gap_ms(self) -> float | None:
+        """Client first-output mean - engine TTFT mean: the instrument's and API server's own share (the role
+        chunk leaves when the engine's first token reaches the API server), whatever a parser holds back."""
+        return None if self.first_output_ms is None else self.first_output_ms - self.engine_ms
+
+    @property
+    def held_ms(self) -> float | None:
+        """Client TTFT mean - first-output mean: how long the first counted delta came after the server's first
+        chunk (a reasoning parser's swallowed `<think>`, a tool call's header)."""
+        return None if self.first_output_ms is None else self.client_ms - self.first_output_ms
 
     @property
     def outside_ms(self) -> float:
@@ -464,7 +477,9 @@ class TtftGap:
                 "outside_engine_ttft_ms": self.outside_ms, "server_queue_time_mean_ms": self.queue_ms,
                 "server_prefill_time_mean_ms": self.prefill_ms, "server_ttft_other_ms": self.engine_other_ms,
                 "before_engine_ms": self.before_engine_ms,
-                "after_first_token_ms": self.after_first_token_ms, "outside_engine_dominant": self.dominant}
+                "after_first_token_ms": self.after_first_token_ms, "outside_engine_dominant": self.dominant,
+                "client_first_output_mean_ms": self.first_output_ms,
+                "first_output_minus_engine_ms": self.first_output_gap_ms, "held_first_delta_ms": self.held_ms}
 
     def warning(self, structured_output: str | None = None) -> str:
         """One sentence: the gap, which part of it dominates and its likely cause."""
@@ -481,14 +496,25 @@ class TtftGap:
                 if self.itl_ms else ""
             cause = STRUCTURED_OUTPUTS.get(structured_output or "") or \
                 "a tool-call or reasoning parser holding the first delta back, or a stream delivered late"
+            held = (f"; the server's first chunk reached the client {self.first_output_gap_ms:.1f} ms after the "
+                    f"engine's first token, the first counted delta {self.held_ms:.1f} ms after that"
+                    if self.held_ms is not None and self.first_output_gap_ms is not None else "")
             return (f"{head}: {after:.0f} ms of it after the engine's first token{tokens}, before the API server "
-                    f"sent a delta the client counts ({cause}); {before:.0f} ms before the engine's clock started")
+                    f"sent a delta the client counts ({cause}); {before:.0f} ms before the engine's clock started"
+                    f"{held}")
         text = (f"{head}: {before:.0f} ms of it before the engine's clock started (client - engine end-to-end; "
                 "vLLM starts it when it renders the chat template: HTTP, request parsing, network, CPU contention)")
         if structured_output is not None and (self.queue_ms is None or self.queue_ms < before / 2):
             text += (f"; for structured output ({structured_output}) most likely its grammar preparation in the API "
                      f"server, which the engine's queue time ({_ms_text(self.queue_ms)}) does not hold")
         return f"{text}; {after:.0f} ms after its first token"
+
+
+def _mean_s_to_ms(values: Sequence[float | None]) -> float | None:
+    """Mean in ms of the given seconds, or None when any is missing (a partial mean would mislead)."""
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values) * 1000  # type: ignore[arg-type]  # None ruled out above
 
 
 def _ms_text(value: float | None) -> str:
@@ -522,7 +548,8 @@ def _add_server_check(m: Measurement, window: MetricsWindow, ok: Sequence[Reques
         gap = TtftGap(client_ms=client_mean, engine_ms=engine_ttft, queue_ms=_mean_ms(delta.queue_time),
                       prefill_ms=_mean_ms(delta.prefill_time), itl_ms=_mean_ms(itl),
                       before_engine_ms=sum(client_e2e) / len(client_e2e) * 1000 - engine_e2e
-                      if engine_e2e is not None and client_e2e else None)
+                      if engine_e2e is not None and client_e2e else None,
+                      first_output_ms=_mean_s_to_ms([r.first_output for r in ok if r.ttft is not None]))
         check.update(gap.to_check())
         if structured_output is not None:
             check["structured_output"] = structured_output

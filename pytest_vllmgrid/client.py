@@ -1,7 +1,9 @@
 """Async OpenAI-compatible client over httpx that times every streamed chunk of a request.
 
 TTFT is the first chunk carrying content, reasoning or a tool-call delta (role-only chunks do not
-count). Failures never raise; they land in RequestRecord.error with one of ERROR_KINDS:
+count). The first data event of any kind is kept apart (`first_output_time`): vLLM sends the chat role
+chunk when the engine's first token reaches the API server, so the two differ by what a reasoning or
+tool parser held back (the `<think>` token a reasoning parser swallows, a tool call's header). Failures never raise; they land in RequestRecord.error with one of ERROR_KINDS:
 http_status (4xx/5xx, with a body excerpt), timeout (a read stalled past `timeout`, or no free
 connection), connect (refused or unreachable), malformed_sse (a line that is not SSE or JSON),
 disconnect (the server dropped the connection or ended the stream before [DONE]),
@@ -65,6 +67,9 @@ class _RequestFailure(Exception):
         self.error = error
 
 
+_RELATIVE_TIMES = ("planned_send_time", "first_token_time", "first_output_time", "end_time")
+
+
 @dataclass
 class RequestRecord:
     """One request's timings, usage, output and error; all times from time.perf_counter()."""
@@ -73,6 +78,7 @@ class RequestRecord:
     send_time: float
     planned_send_time: float | None = None
     first_token_time: float | None = None
+    first_output_time: float | None = None  # the first data event with choices, role-only included
     chunk_times: list[float] = field(default_factory=list)
     end_time: float | None = None
     prompt_tokens: int | None = None
@@ -101,6 +107,11 @@ class RequestRecord:
         return None if self.first_token_time is None else self.first_token_time - self.send_time
 
     @property
+    def first_output(self) -> float | None:
+        """Seconds from send to the server's first data event (its role chunk), counted or not."""
+        return None if self.first_output_time is None else self.first_output_time - self.send_time
+
+    @property
     def itl(self) -> list[float]:
         """Gaps in seconds between consecutive token chunks."""
         return [later - earlier for earlier, later in itertools.pairwise(self.chunk_times)]
@@ -124,7 +135,7 @@ class RequestRecord:
         """Return a JSON-safe dict; times are relative to send_time, which is kept absolute."""
         data = asdict(self)
         base = self.send_time
-        for name in ("planned_send_time", "first_token_time", "end_time"):
+        for name in _RELATIVE_TIMES:
             value = data[name]
             data[name] = None if value is None else round(value - base, _TIME_DIGITS)
         data["chunk_times"] = [round(t - base, _TIME_DIGITS) for t in self.chunk_times]
@@ -135,7 +146,7 @@ class RequestRecord:
         """Rebuild a record from `to_dict` output."""
         values = dict(data)
         base = values["send_time"]
-        for name in ("planned_send_time", "first_token_time", "end_time"):
+        for name in _RELATIVE_TIMES:
             if values.get(name) is not None:
                 values[name] = base + values[name]
         values["chunk_times"] = [base + t for t in values.get("chunk_times", [])]
@@ -180,6 +191,8 @@ class _StreamAssembler:
         record = self.record
         choices = event.get("choices")
         if choices:
+            if record.first_output_time is None:
+                record.first_output_time = now
             choice = choices[0]
             token = False
             delta = choice.get("delta")
@@ -519,7 +532,7 @@ class ChatClient:
                 self._error("invalid_response", f"unreadable JSON response: {exc!r}")
             ) from None
         if record.output_text or record.reasoning_text or record.tool_calls:
-            record.first_token_time = record.end_time
+            record.first_token_time = record.first_output_time = record.end_time
             record.chunk_times.append(record.end_time)
 
     async def _status_error(self, response: httpx.Response) -> RequestError:

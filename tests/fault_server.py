@@ -74,6 +74,7 @@ class FaultOptions:
     api_delay_ms: float = 0.0
     queue_ms: float = 0.0
     held_tokens: int = 0
+    role_at_first_token: bool = False  # send the chat role chunk when the first token is generated, as vLLM does
     cache_config: str | None = None  # JSON labels of a vllm:cache_config_info gauge (None: no such gauge)
     max_model_len: int = 4096  # what /v1/models lists
 
@@ -477,8 +478,10 @@ class _ResponsePlan:
         """Yield (delay before, SSE event, carries a token) and raise _Reset/_Stall on faults; a held token's
         event is None (its text goes out with the next delta)."""
         options, mode = self.options, self.options.mode
+        first_delay = options.queue_ms / 1000 + options.first_token_s
+        role_late = self.chat and options.role_at_first_token
         if self.chat:
-            yield 0.0, self._chunk({"role": "assistant", "content": ""}), False
+            yield first_delay if role_late else 0.0, self._chunk({"role": "assistant", "content": ""}), False
         if mode == "malformed_sse":
             yield 0.0, b'data: {"choices": [{"delta": \n\n', False
         deltas = self._deltas()
@@ -486,7 +489,7 @@ class _ResponsePlan:
         for i, delta in enumerate(deltas):
             if mode in ("reset", "stall") and i == options.fail_after_chunks:
                 raise _Reset if mode == "reset" else _Stall
-            delay = options.queue_ms / 1000 + options.first_token_s if i == 0 else options.itl_ms / 1000
+            delay = (0.0 if role_late else first_delay) if i == 0 else options.itl_ms / 1000
             last = i == len(deltas) - 1
             if i < options.held_tokens and not last:
                 held.append(delta)
@@ -729,6 +732,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-delay-ms", type=float, default=defaults.api_delay_ms)
     parser.add_argument("--queue-ms", type=float, default=defaults.queue_ms)
     parser.add_argument("--held-tokens", type=int, default=defaults.held_tokens)
+    parser.add_argument("--role-at-first-token", action="store_true")
     parser.add_argument("--cache-config", default=defaults.cache_config)
     parser.add_argument("--max-model-len", type=int, default=defaults.max_model_len)
     args = vars(parser.parse_args(argv))

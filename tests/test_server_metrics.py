@@ -394,6 +394,21 @@ def test_a_server_holding_its_first_delta_back_is_seen_after_the_engines_first_t
     assert "of it after the engine's first token, ~1" in text and '"parameters"' in text and "grammar" not in text
 
 
+def test_the_servers_first_chunk_splits_a_held_first_delta_from_the_instruments_own_share() -> None:
+    # vLLM sends the role chunk when the engine's first token reaches the API server: from it, the client's
+    # time to first output minus the engine's TTFT is the instrument's share, the rest what a parser held back
+    m = measured_gap(held_tokens=6, role_at_first_token=True)
+    check = m.info["server_check"]
+    assert 90 < check["held_first_delta_ms"] < 200  # 6 tokens x 20 ms
+    assert abs(check["first_output_minus_engine_ms"]) < 30
+    assert check["client_first_output_mean_ms"] + check["held_first_delta_ms"] == pytest.approx(
+        check["client_ttft_mean_ms"])
+    [text] = gap_warnings(m)
+    assert "the first counted delta 1" in text and "ms after that" in text
+    plain = measured_gap(role_at_first_token=True).info["server_check"]
+    assert abs(plain["held_first_delta_ms"]) < 5
+
+
 def test_time_before_the_engines_clock_on_a_structured_request_is_named_grammar_preparation() -> None:
     m = measured_gap("tool_choice=named", api_delay_ms=250)
     check = m.info["server_check"]
