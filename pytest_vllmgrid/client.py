@@ -90,6 +90,7 @@ class RequestRecord:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     error: RequestError | None = None
     streamed: bool = True
+    token_ids: list[int] | None = None  # generated token ids, when the request asked vLLM for them (non-streamed)
 
     @property
     def ok(self) -> bool:
@@ -525,6 +526,7 @@ class ChatClient:
             else:
                 record.output_text = choice.get("text") or ""
             record.finish_reason = choice.get("finish_reason")
+            record.token_ids = choice.get("token_ids")
             if payload.get("usage"):
                 _apply_usage(record, payload["usage"])
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:

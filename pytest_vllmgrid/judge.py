@@ -132,9 +132,10 @@ def judge_bound(metric_name: str, bound: Bound, metric: Metric | None, baseline_
         if limit is None:
             continue
         need = f"{'>=' if kind == 'min' else '<='} {limit:g} {unit}".rstrip()
-        if value is None:
+        if value is None:  # a figure that says why it has no value (e.g. judge.NO_BASELINE) says so here too
+            why = f": {metric.validity_reason}" if metric is not None and metric.validity_reason else ""
             verdicts.append(_verdict(metric_name, config, "not judged",
-                                     f"{label}: no value measured (bound {kind} {limit})"))
+                                     f"{label}: no value measured (bound {kind} {limit}){why}"))
         elif metric.validity == "invalid":
             verdicts.append(_verdict(metric_name, config, "invalid", f"{label} = {shown}: INVALID figure "
                                      f"({metric.validity_reason}); {need} not judged", value=value, bound=limit))

@@ -30,6 +30,12 @@ METRICS: dict[str, list[str]] = {
                      "unknown_function", "wrong_function", "schema_mismatch", "server_ttft_p50_ms"],
     "stability": ["ttft_ms", "ttft_short_ms", "ttft_long_ms", "tpot_ms", "e2e_ms", "degradation_pct",
                   "ttft_slope_pct_per_request", "errors", "timeouts", "server_ttft_p50_ms"],
+    "greedy_outputs": ["exact_match_pct", "token_agreement_pct", "mismatched_prompts", "first_divergence_token",
+                       "repeat_match_pct", "repeat_mismatched_prompts", "errors"],
+    "structured_output": ["schema_valid_pct", "invalid_json", "schema_mismatch", "no_content", "errors", "ttft_ms",
+                          "tpot_ms", "e2e_ms", "server_ttft_p50_ms"],
+    "tool_call_streaming": ["identical_pct", "differing_pairs", "pairs_without_calls", "errors", "ttft_ms",
+                            "tpot_ms", "e2e_ms", "server_ttft_p50_ms"],
     "gpu": ["util_mean_pct", "vram_peak_pct", "temp_max_c", "power_mean_w"],
 }
 STATS = ("p50", "p90", "p95", "p99", "mean", "min", "max", "value")

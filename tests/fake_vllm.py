@@ -12,7 +12,8 @@ torch matmul loop on the first visible GPU, holding up to FAKE_VLLM_GPU_GIB GiB)
 events use; grids set it per config through `env`), FAKE_VLLM_FAULT_AFTER=N (serve N completions as mode ok —
 the readiness probe's — before FAKE_VLLM_MODE's fault starts), FAKE_VLLM_ECHO_AUTH (http_500 error bodies
 quote the request's Authorization header), FAKE_VLLM_LIE (comma-separated `flag` / `flag=value`: the server
-runs that instead of its argv — a bare flag is a switch flipped — and says so in its startup line and gauges).
+runs that instead of its argv — a bare flag is a switch flipped — and says so in its startup line and gauges),
+FAKE_VLLM_DIVERGE_AT=N (answers change from content token N on: a config whose outputs differ).
 
 Like vLLM it prints `non-default args: {...}` at startup and serves `vllm:cache_config_info` and /v1/models
 `max_model_len` from the flags it runs (vLLM's defaults for those not given).
@@ -147,6 +148,8 @@ def main() -> None:
     fault_server_main(["--mode", mode, "--port", str(args.port),
                        "--model", name, "--max-lifetime", "300", "--tokens", "8",
                        "--ttft-ms", ttft_ms, "--itl-ms", "1", *(["--echo-auth"] if echo_auth else []),
+                       *(["--diverge-at", os.environ["FAKE_VLLM_DIVERGE_AT"]] if os.environ.get("FAKE_VLLM_DIVERGE_AT")
+                         else []),
                        "--cache-config", cache_config, "--max-model-len", str(max_model_len)])
 
 

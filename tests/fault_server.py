@@ -77,6 +77,7 @@ class FaultOptions:
     role_at_first_token: bool = False  # send the chat role chunk when the first token is generated, as vLLM does
     cache_config: str | None = None  # JSON labels of a vllm:cache_config_info gauge (None: no such gauge)
     max_model_len: int = 4096  # what /v1/models lists
+    diverge_at: int | None = None  # content token i >= this is "alt{i}" (id 1000 + i): a server whose answers changed
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -404,6 +405,7 @@ class _ResponsePlan:
         cached: int,
     ) -> None:
         self.options = options
+        self.body = body
         self.chat = chat
         self.model = body.get("model", options.model)
         self.id = ("chatcmpl-" if chat else "cmpl-") + os.urandom(8).hex()
@@ -450,7 +452,22 @@ class _ResponsePlan:
             return deltas
         field_name = options.reasoning_field
         reasoning = [{field_name: f"think{i} "} for i in range(options.reasoning_tokens)]
-        return reasoning + [{"content": f"tok{i} "} for i in range(self.content_tokens)]
+        return reasoning + [{"content": piece} for piece in self.content_pieces()]
+
+    def content_pieces(self) -> list[str]:
+        """The content tokens' texts: tok0 tok1 ... (alt{i} from diverge_at on), or for a response_format JSON
+        schema the first instance it allows, as one piece."""
+        response_format = self.body.get("response_format") or {}
+        if response_format.get("type") == "json_schema":
+            return [json.dumps(_first_instance(response_format["json_schema"]["schema"]))]
+        start = self.options.diverge_at
+        return [f"{'alt' if start is not None and i >= start else 'tok'}{i} " for i in range(self.content_tokens)]
+
+    def token_ids(self) -> list[int]:
+        """The generated tokens' ids (vLLM's return_token_ids): 500 + i for think{i}, i for tok{i}, 1000 + i for
+        alt{i}."""
+        reasoning = [500 + i for i in range(self.options.reasoning_tokens)]
+        return reasoning + [(1000 if p.startswith("alt") else 0) + i for i, p in enumerate(self.content_pieces())]
 
     def _chunk(self, piece: dict[str, Any] | None, finish_reason: str | None = None) -> bytes:
         """Return one SSE event carrying a delta (chat) or text (completions)."""
@@ -516,11 +533,13 @@ class _ResponsePlan:
                     for index, (name, parts) in enumerate(TOOL_CALLS)
                 ]
             else:
-                message["content"] = "".join(f"tok{i} " for i in range(self.content_tokens))
+                message["content"] = "".join(self.content_pieces())
                 if self.options.reasoning_tokens:
                     reasoning = "".join(f"think{i} " for i in range(self.options.reasoning_tokens))
                     message[self.options.reasoning_field] = reasoning
             choice = {"index": 0, "message": message, "finish_reason": self.finish_reason}
+            if self.body.get("return_token_ids"):
+                choice["token_ids"] = self.token_ids()
             kind = "chat.completion"
         else:
             text = "".join(f"tok{i} " for i in range(self.content_tokens))
@@ -534,6 +553,16 @@ class _ResponsePlan:
             "choices": [choice],
             "usage": self.usage,
         }
+
+
+def _first_instance(schema: dict[str, Any]) -> Any:
+    """The first value a JSON schema allows: an enum's first, an object's required properties, 0, "", false, []."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        return {key: _first_instance(schema["properties"][key]) for key in schema.get("required", [])}
+    return {"string": "", "integer": 0, "number": 0, "boolean": False, "array": []}.get(kind)
 
 
 def _joined(deltas: list[dict[str, Any]]) -> dict[str, Any]:
@@ -735,6 +764,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--role-at-first-token", action="store_true")
     parser.add_argument("--cache-config", default=defaults.cache_config)
     parser.add_argument("--max-model-len", type=int, default=defaults.max_model_len)
+    parser.add_argument("--diverge-at", type=int, default=defaults.diverge_at)
     args = vars(parser.parse_args(argv))
     port, max_lifetime_s = args.pop("port"), args.pop("max_lifetime")
     app = FaultApp(FaultOptions(**args), exit_process_on_crash=True)

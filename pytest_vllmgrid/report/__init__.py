@@ -12,6 +12,7 @@ from pytest_vllmgrid.report.html import render_store_html
 from pytest_vllmgrid.report.model import Extensions, Report, build_report
 from pytest_vllmgrid.report.markdown import render_extension_sections, render_markdown, render_terminal
 from pytest_vllmgrid.report.plots import telemetry_series_by_config
+from pytest_vllmgrid.report.correctness import correctness_markdown
 from pytest_vllmgrid.report.telemetry import config_telemetry_markdown
 from pytest_vllmgrid.telemetry import TelemetrySeries
 from pytest_vllmgrid.results import ConfigResult, JsonObject, ResultsStore
@@ -32,6 +33,7 @@ def write_reports(store: ResultsStore, grid: Grid | None = None, *, sections: li
     paths = {"markdown": store.root / "report.md", "json": store.root / "report.json",
              "html": store.root / "report.html"}
     write_text_atomic(paths["markdown"], render_markdown(report) + "\n" + telemetry_section(store.all_configs())
+                      + correctness_markdown(store.all_configs())
                       + render_extension_sections(report))
     write_json_atomic(paths["json"], report.model_dump(mode="json"))
     write_text_atomic(paths["html"], render_store_html(store, report))

@@ -13,6 +13,7 @@ from pytest_vllmgrid.report.model import Report
 from pytest_vllmgrid.report.markdown import cell, delta, optimal_suffix, render_markdown, sample_stats
 from pytest_vllmgrid.numbers import fmt_number as _fmt
 from pytest_vllmgrid.report.plots import report_plots, telemetry_series_by_config
+from pytest_vllmgrid.report.correctness import correctness_markdown
 from pytest_vllmgrid.report.telemetry import config_telemetry_markdown
 from pytest_vllmgrid.results import ConfigResult, GateRecord, GateVerdict, Metric, ResultsStore, gate_machine_notes
 
@@ -213,7 +214,7 @@ def render_html(report: Report, results: Mapping[str, ConfigResult],
         "<h1>vLLM grid comparative report</h1>", run_info_html(report),
         "<h2>Ranking</h2>", ranking_html(report, legend=False),
         conclusions_html(report), gate_html(gate.verdicts, gate.compared_with) if gate else "",
-        plots_html(report, results), telemetry_html(results), details_html(report),
+        plots_html(report, results), telemetry_html(results), markdown_fragment_html(correctness_markdown(results)), details_html(report),
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<title>vLLM grid comparative report</title>"

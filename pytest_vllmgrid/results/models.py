@@ -103,6 +103,16 @@ class Verdict(_Model):
         return self
 
 
+class GeneratedOutput(_Model):
+    """One prompt's generated answer, kept so another config's answers can be compared with it (correctness.py)."""
+
+    prompt_id: str  # digest of the request (messages, max_tokens): the same prompt across configs and runs
+    text: str = ""  # reasoning and content as the server returned them, joined
+    token_ids: list[int] | None = None  # the generated token ids (None: the server did not return them)
+    finish_reason: str | None = None
+    error: str | None = None  # why no answer came (the request failed)
+
+
 class Measurement(_Model):
     """What one benchmark measured on one config."""
 
@@ -114,6 +124,7 @@ class Measurement(_Model):
     warnings: list[str] = Field(default_factory=list)
     settings: JsonObject | None = None
     telemetry_series: JsonObject | None = None
+    outputs: list[GeneratedOutput] = Field(default_factory=list)  # answers other configs are compared with
 
     def metric(self, name: str) -> Metric | None:
         """A metric by name, or None."""
