@@ -131,6 +131,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
         config.pluginmanager.register(PytestHtmlSections(config), "vllmgrid-html")
     config.pluginmanager.register(ProgressHooks(gs), "vllmgrid-progress")  # this run's own: pytester runs several
+    if config.pluginmanager.hasplugin("xdist"):  # --tx workers on other hosts (hosts.py)
+        from pytest_vllmgrid import hosts
+
+        config.pluginmanager.register(hosts, f"vllmgrid-hosts-{id(config)}")
+        if not gs.is_worker:
+            config.pluginmanager.register(hosts.ShippedResults(gs), "vllmgrid-shipped-results")
+        hosts.configure_worker(config)
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
 
@@ -156,6 +163,15 @@ def _sigterm_to_interrupt(signum, frame) -> None:
     its main task and raise KeyboardInterrupt once it has unwound (load.interrupt_running_loop says why)."""
     if not interrupt_running_loop():
         raise KeyboardInterrupt("SIGTERM")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """--tx specs checked (one line naming a malformed one); --tx alone distributes (hosts.check_tx)."""
+    if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "tx", None):
+        from pytest_vllmgrid import hosts
+
+        hosts.check_tx(config)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -210,11 +226,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     A scope-per-config scheduler (xdist's LoadScopeScheduling keyed by config name), rather than
     `--dist loadgroup`: loadgroup renames node ids, which pytest 9 no longer honours.
     """
-    from xdist.scheduler import LoadScopeScheduling
+    from pytest_vllmgrid.hosts import LostHostScheduling
 
     names = config.stash[STASH_KEY].load().names
 
-    class ConfigScheduling(LoadScopeScheduling):
+    class ConfigScheduling(LostHostScheduling):  # a worker lost mid-config fails that config (hosts.py)
         def _split_scope(self, nodeid: str) -> str:
             return config_of_nodeid(nodeid, names) or nodeid
 
@@ -230,10 +246,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
-    """xdist controller: every worker writes into the controller's results directory (made by the first worker
-    that deploys a config: a run without grid tests leaves nothing behind)."""
-    gs = node.config.stash[STASH_KEY]
-    node.workerinput["vllm_results_dir"] = str(gs.results_path())
+    """xdist controller: a worker on this machine writes into the controller's results directory (made by the first
+    worker that deploys a config: a run without grid tests leaves nothing behind); one on another host ships its
+    results back and passes that host's preflight first (hosts.configure_node)."""
+    from pytest_vllmgrid import hosts
+
+    hosts.configure_node(node)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -295,8 +313,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
 
 def _deselect_completed(config: pytest.Config, gs, items: list[pytest.Item]) -> None:
     """Drop the tests of configs whose stored result is complete with the same config hash."""
-    gs.results_root()
-    done = gs.store.completed_hashes() if gs.store else {}
+    done = gs.completed_hashes()
     skip_names = {c.name for c in gs.grid.configs if done.get(c.name) == c.config_hash()}
     if not skip_names:
         return
@@ -357,6 +374,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
                                                  ("failed" if report.when == "call" else "error"))
         message = None if report.passed else _one_line(report)
         gs.record_outcome(cfg.name, result_key(item), status, message, report.duration)
+    if gs.shipment is not None:  # a worker on another host: its results go to the controller on this report
+        from pytest_vllmgrid import hosts
+
+        hosts.ship_on(report, gs)
     if gs.stop_reason:
         item.session.shouldstop = gs.stop_reason
 
@@ -393,6 +414,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         gs.interrupted = True
     gs.teardown_all()
     if gs.is_worker:
+        if gs.shipment is not None:
+            from pytest_vllmgrid import hosts
+
+            hosts.ship_at_end(config, gs)
         return
     gs.open_filled_results()  # xdist controller: the workers filled it
     if gs.grid is None or gs.store is None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vllmgrid import manifest, placement
+from pytest_vllmgrid import manifest, placement, remote
 from pytest_vllmgrid.bench import BenchSettings
 from pytest_vllmgrid.deploy import DeployOptions, deployer_kinds, make_deployer
 from pytest_vllmgrid.deploy.base import Deployer, DeploymentError, Deployment
@@ -75,6 +75,9 @@ class GridSession:
         self.nothing_left = False  # --resume found every selected config complete
         self.report_paths: dict[str, Path] | None = None  # the reports written at the session's end
         self.pending: dict[tuple[str, str], TestResult] = {}  # measured records awaiting their outcome
+        self.hosts = remote.HostBook()  # xdist controller: workers per host, lost hosts (docs/scale-out.md)
+        self.worker_paths: list[str] | None = None  # xdist controller: test paths remote workers collect
+        self.shipment: remote.Shipment | None = None  # a remote worker: its results not yet shipped
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -126,7 +129,7 @@ class GridSession:
             opt = self.pytest_config.getoption
             try:
                 self._results_path = placement.results_path(
-                    Path(self.pytest_config.rootpath), worker_results_dir=self._workerinput.get("vllm_results_dir"),
+                    Path(self.pytest_config.rootpath), worker_results_dir=self._worker_results_dir(),
                     resume=opt("vllm_resume"), results_dir=opt("vllm_results_dir"))
             except PlacementError as exc:
                 raise pytest.UsageError(str(exc)) from None
@@ -151,6 +154,51 @@ class GridSession:
         """What the xdist controller sent this worker ({} outside xdist)."""
         return getattr(self.pytest_config, "workerinput", {})
 
+    def _worker_results_dir(self) -> str | None:
+        """A local worker writes into the controller's directory; a remote one into its scratch, shipped back."""
+        if self._workerinput.get("vllm_ship_results"):
+            scratch = remote.scratch_dir(Path.cwd(), self._workerinput["testrunuid"])
+            self.shipment = remote.Shipment(scratch)
+            return str(scratch)
+        return self._workerinput.get("vllm_results_dir")
+
+    def ship_results(self) -> dict[str, str]:
+        """A remote worker: its result files changed since the last call ({} elsewhere)."""
+        if self.shipment is None:
+            return {}
+        return self.shipment.changed()
+
+    def completed_hashes(self) -> dict[str, str | None]:
+        """--resume: configs complete in this run's directory (a remote worker: as the controller sent them)."""
+        if "vllm_completed" in self._workerinput:
+            return dict(self._workerinput["vllm_completed"])
+        self.results_root()
+        return self.store.completed_hashes() if self.store else {}
+
+    def receive_results(self, files: dict[str, str] | None) -> None:
+        """xdist controller: write a remote worker's shipped files into this run's results directory."""
+        if not files:
+            return
+        store = self._store()
+        if not store.has_manifest():
+            self.write_manifest("running")  # a killed run keeps its manifest
+        remote.receive(store.root, files)
+
+    def config_lost(self, name: str, reason: str) -> None:
+        """xdist controller: the worker running config `name` died with its host: the config failed, for `reason`."""
+        cfg = next((c for c in self.load().configs if c.name == name), None)
+        if cfg is None:
+            return
+        store = self._store()
+
+        def lost(result: ConfigResult) -> None:
+            result.status = "failed"
+            result.errors.append(ErrorLine(time=now_iso(), message=reason))
+            if result.deployment.status == "pending":
+                result.deployment.status = "failed"
+            result.deployment.error = result.deployment.error or {"kind": "host_lost", "message": reason}
+        store.update_config(name, lost, config=cfg.to_dict())
+
     @property
     def worker_index(self) -> int:
         """0 without xdist; N for worker gwN."""
@@ -159,7 +207,8 @@ class GridSession:
     def gpu_set(self) -> list[str] | None:
         """This worker's GPUs (--vllm-gpus-per-config K): a disjoint slice of the visible devices."""
         try:
-            return placement.gpu_set(self.pytest_config.getoption("vllm_gpus_per_config"), self.worker_index)
+            return placement.gpu_set(self.pytest_config.getoption("vllm_gpus_per_config"),
+                                     self._workerinput.get("vllm_local_index", self.worker_index))  # per host
         except PlacementError as exc:
             raise pytest.UsageError(str(exc)) from None
 
@@ -253,6 +302,8 @@ class GridSession:
         deployment = run.deployment
         version = manifest.server_version(deployment)
         where = {"worker": self.pytest_config.workerinput.get("workerid")} if self.is_worker else {}
+        if self._workerinput.get("vllm_host"):
+            where["xdist_host"] = self._workerinput["vllm_host"]  # the --tx host it ran on
         gpus = self.gpu_set()
         if gpus is not None:
             where["gpu_devices"] = gpus  # the worker's GPU set: the server's CUDA_VISIBLE_DEVICES
