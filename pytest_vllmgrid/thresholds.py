@@ -93,6 +93,9 @@ class ThresholdsFile(BaseModel):
     description: str = ""
     thresholds: dict[str, Bound] = Field(default_factory=dict)
     goal: list[str] = Field(default_factory=list, description="metrics whose bounds all pass = goal met")
+    profiles: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="use-case weights: profile name -> {test.metric: weight >= 0}; "
+        "generic_production weighs the report's generic-production recommendation")
     telemetry: TelemetryRules = Field(default_factory=TelemetryRules)
 
 
@@ -142,6 +145,7 @@ def load_thresholds(path: str | Path | None) -> Thresholds:
             lines.append(f"field {loc!r} = {_short(err.get('input'))}: {err['msg']}")
         raise ThresholdError(f"thresholds file {path}:\n  - " + "\n  - ".join(lines)) from None
     problems = [p for key in list(spec.thresholds) + list(spec.goal) if (p := unknown_metric(key))]
+    problems += profile_problems(spec.profiles)
     if problems:
         raise ThresholdError(f"thresholds file {path}:\n  - " + "\n  - ".join(problems))
     return Thresholds(path, spec)
@@ -159,6 +163,17 @@ def unknown_metric(key: str) -> str | None:
         return (f"metric {key!r}: {base} has no metric {metric!r}; allowed: {', '.join(METRICS[base])}"
                 f"{suggest(metric, METRICS[base])}")
     return None
+
+
+def profile_problems(profiles: dict[str, dict[str, float]]) -> list[str]:
+    """What is wrong in a `profiles:` section: unknown metrics (with a did-you-mean), negative or all-zero weights."""
+    problems = []
+    for name, weights in profiles.items():
+        problems += [f"profiles.{name}: {p}" for key in weights if (p := unknown_metric(key))]
+        problems += [f"profiles.{name}: weight of {key!r} = {w:g}: must be >= 0" for key, w in weights.items() if w < 0]
+        if not any(w > 0 for w in weights.values()):
+            problems.append(f"profiles.{name}: give at least one metric a weight above 0")
+    return problems
 
 
 def _short(value: object) -> str:

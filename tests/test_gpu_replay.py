@@ -71,7 +71,7 @@ def test_the_report_ranks_by_the_16k_acceleration_and_names_the_unmet_criteria(r
     ranked = [c["name"] for c in sorted(report["configs"], key=lambda c: c.get("rank") or 99)]
     assert ranked[0] == "prefix_caching"
     markdown = (run.root / "report.md").read_text()
-    optimal = markdown.split("## Optimal configuration", 1)[1].split("##", 1)[0]
+    optimal = markdown.split("## Recommendation", 1)[1].split("##", 1)[0]
     assert "prefix_caching" in optimal and "does NOT meet" in optimal and "long_conversation.degradation_pct" in optimal
     # the baseline was measured before machine facts were recorded: the report cannot vouch for one machine
     assert "machine not recorded" in markdown

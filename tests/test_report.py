@@ -242,8 +242,8 @@ def with_goal(store, *goal: str):
     return store
 
 
-def optimal_line(markdown: str) -> str:
-    return markdown.split("## Optimal configuration\n\n", 1)[1].splitlines()[0]
+def recommendation_line(markdown: str) -> str:
+    return markdown.split("## Recommendation\n\n", 1)[1].splitlines()[0]
 
 
 def test_a_recommended_config_that_misses_its_own_criteria_says_so(tmp_path: Path) -> None:
@@ -260,10 +260,13 @@ def test_a_recommended_config_that_misses_its_own_criteria_says_so(tmp_path: Pat
 def test_the_best_config_missing_the_goal_is_named_with_its_shortfall_in_every_output(tmp_path: Path) -> None:
     store = with_goal(kv_run(tmp_path, {"base": 60.0, "fast": 10.0}), "kv_cache.acceleration")
     judged(store, "fast", 1.33, "fail")
-    shortfall = ("fast**, but it does NOT meet the goal: kv_cache.acceleration value = 1.33 x >= 1.5 x required: "
+    shortfall = ("), but it does NOT meet the goal: kv_cache.acceleration value = 1.33 x >= 1.5 x required: "
                  "FAILED; no config meets the goal.")
     paths = write_reports(store)
-    assert optimal_line(paths["markdown"].read_text()) == "**" + shortfall
+    markdown = paths["markdown"].read_text()
+    line = recommendation_line(markdown)
+    assert line.startswith("fast is the best measured on kv_cache.ttft_hit_ms (") and line.endswith(shortfall)
+    assert "## Optimal configuration" not in markdown  # the recommendation is not said twice
     data = json.loads(paths["json"].read_text())
     assert data["optimal"]["meets_goal"] is False and data["goal"] == ["kv_cache.acceleration"]
     assert data["optimal"]["goal_unmet"] == ["kv_cache.acceleration value = 1.33 x >= 1.5 x required: FAILED"]
@@ -271,8 +274,8 @@ def test_the_best_config_missing_the_goal_is_named_with_its_shortfall_in_every_o
     first_sentence = data["recommendation"].split("; no config meets the goal.")[0]
     assert first_sentence.startswith("fast is the best measured") and "but it does NOT meet the goal" in first_sentence
     html_text = paths["html"].read_text()
-    assert "Optimal configuration: <strong>fast</strong>, but it does NOT meet the goal: kv_cache.acceleration" \
-        in html_text
+    assert f'<p class="rec">fast is the best measured on kv_cache.ttft_hit_ms (' in html_text
+    assert "but it does NOT meet the goal: kv_cache.acceleration" in html_text and "Optimal configuration" not in html_text
     [line] = [line for line in terminal_table(store) if line.startswith("recommendation:")]
     assert line.startswith("recommendation: fast is the best measured") and "does NOT meet the goal" in line
 
@@ -298,8 +301,9 @@ def test_a_best_config_meeting_the_goal_is_recommended_without_a_caveat(tmp_path
     report = build_report(store)
     assert report.optimal.meets_goal is True and report.optimal.caveat == ""
     assert report.recommendation.startswith("Deploy fast:") and "NOT" not in report.recommendation
-    assert optimal_line(write_reports(store)["markdown"].read_text()) == \
-        "**fast** (meets the goal: kv_cache.acceleration)"
+    markdown = write_reports(store)["markdown"].read_text()
+    assert markdown.split("## Recommendation\n\n", 1)[1].splitlines()[2] == \
+        "- fast meets the goal: kv_cache.acceleration"
 
 
 GOAL_NO_CONFIG_MEETS = """
@@ -337,7 +341,7 @@ def test_configs_measured_on_different_machines_are_marked_beside_the_ranking(tm
             "(GPU-1d2e3f4a): the comparison crosses machines")
     paths = write_reports(store)
     markdown = paths["markdown"].read_text()
-    ranking = markdown.split("## Ranking", 1)[1].split("## Optimal configuration", 1)[0]
+    ranking = markdown.split("## Ranking", 1)[1].split("\n## ", 1)[0]
     assert f"**Caution: {note}.**" in ranking
     data = json.loads(paths["json"].read_text())
     assert data["crosses_machines"] is True and data["machines_note"] == note

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from typing import Iterable
 
 from pytest_vllmgrid.report.model import Report
-from pytest_vllmgrid.report.markdown import cell, delta, optimal_suffix, render_markdown, sample_stats
+from pytest_vllmgrid.report.markdown import (beside_recommendation, cell, delta, metric_label, param_cell, ranking_params,
+                                             render_markdown, sample_stats, use_case_section)
 from pytest_vllmgrid.numbers import fmt_number as _fmt
 from pytest_vllmgrid.report.plots import report_plots, telemetry_series_by_config
 from pytest_vllmgrid.report.correctness import correctness_markdown
@@ -19,7 +20,7 @@ from pytest_vllmgrid.results import ConfigResult, GateRecord, GateVerdict, Metri
 
 # (selector, declarations); scoped under a class when embedded in pytest-html's page.
 STYLE_RULES: list[tuple[str, str]] = [
-    ("body", "font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;"
+    ("body", "font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1360px;"
              "padding:0 1em;color:#222"),
     ("table", "border-collapse:collapse;margin:.5em 0 1em"),
     ("th, td", "border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top;font-size:.9em"),
@@ -31,13 +32,27 @@ STYLE_RULES: list[tuple[str, str]] = [
     ("figure img", "max-width:100%;border:1px solid #eee"),
     ("figcaption", "font-size:.9em;color:#555"),
     ("code", "background:#f6f6f6;padding:0 .2em"),
+    (".scroll", "max-width:100%;overflow-x:auto"),
+    ("table.ranking", "table-layout:auto;margin:0"),
+    ("table.ranking th", "white-space:normal;overflow-wrap:break-word;hyphens:auto;font-size:.75em;padding:.2em .25em"),
+    ("table.ranking td", "font-size:.75em;padding:.2em .25em"),
+    ("table.ranking .sticky", "position:sticky;left:0;background:#fff;z-index:1;min-width:7em;max-width:10em;"
+                              "box-shadow:2px 0 0 #ccc"),
+    ("table.ranking th.sticky", "background:#f3f3f3"),
+    (".params", "color:#555;font-size:.85em"),
+    (".ci", "color:#555;font-size:.85em"),
+    ("p.rec", "font-size:1.05em;line-height:1.4"),
+    ("details.anomaly summary", "cursor:pointer"),
+    ("details.anomaly ul", "margin:.2em 0 .6em;font-size:.85em"),
+    ("ul.anomalies", "list-style:none;padding-left:0"),
+    ("@media (max-width:600px)", "table.ranking .sticky{min-width:6em;max-width:8em}"),
 ]
 
 
 def css(scope: str | None = None) -> str:
     """The report's stylesheet; with `scope`, every rule applies only inside that selector."""
     def selector(sel: str) -> str:
-        if scope is None:
+        if scope is None or sel.startswith("@"):
             return sel
         return ", ".join(scope if part.strip() == "body" else f"{scope} {part.strip()}" for part in sel.split(","))
     return "".join(f"{selector(sel)}{{{decls}}}" for sel, decls in STYLE_RULES)
@@ -58,12 +73,13 @@ def png_img(png: bytes, alt: str) -> str:
 
 
 def table(header: Iterable[str], rows: Iterable[Iterable[str]], numeric_from: int | None = None) -> str:
-    """An HTML table; cells are already HTML; columns from `numeric_from` on are right-aligned."""
+    """An HTML table in a box that scrolls sideways on a narrow screen; cells are already HTML; columns from
+    `numeric_from` on are right-aligned."""
     head = "".join(f"<th>{h}</th>" for h in header)
     body = "".join("<tr>" + "".join(
         f'<td class="num">{c}</td>' if numeric_from is not None and i >= numeric_from else f"<td>{c}</td>"
         for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def markdown_fragment_html(text: str) -> str:
@@ -106,45 +122,67 @@ def markdown_fragment_html(text: str) -> str:
 
 
 def _metric_cell(metric: Metric | None) -> str:
-    """p50 [CI] with the Δ vs baseline under it."""
+    """p50, its CI on the next line, and the Δ vs baseline under it (lines that wrap in a narrow column)."""
+    text = esc(cell(metric, with_ci=False))
+    if metric is not None and metric.ci is not None and metric.point() is not None:
+        text += f'<br><span class="ci">[{esc(_fmt(metric.ci[0]))}–{esc(_fmt(metric.ci[1]))}]</span>'
     change = delta(metric)
-    return esc(cell(metric)) + (f'<br><span class="delta">Δ {esc(change)}</span>' if change else "")
+    return text + (f'<br><span class="delta">Δ {esc(change)}</span>' if change else "")
 
 
 def ranking_html(report: Report, *, legend: bool = True) -> str:
-    """The ranked table: config, status, startup, each headline metric with Δ vs baseline (and how to read it)."""
+    """The ranked table in a scrolling box with a sticky config column: what each server runs under its name, the
+    status, startup, each headline metric (readable name; the stored key on hover) with Δ vs baseline."""
     cols = list(report.columns)
-    header = ["Rank", "Config", "Status", "Startup s", *[esc(c) for c in cols]]
-    rows = []
+    params = ranking_params(report)
+    head = ['<th class="sticky">Rank, config, status</th>', "<th>Startup s</th>",
+            *[f'<th title="{esc(c)}">{esc(metric_label(c))}</th>' for c in cols]]
+    body = []
     for row in report.configs:
-        name = esc(row.name)
-        if row.name == report.baseline:
-            name = f"<strong>{name}</strong> (baseline)"
-        params = ", ".join(f"{k}={v}" for k, v in row.params.items())
-        rows.append([esc(row.rank or "–"), f'<span title="{esc(params)}">{name}</span>',
-                     esc(row.failure or row.status or "?"), esc(_fmt(row.startup_s)),
-                     *[_metric_cell(row.metrics.get(c)) for c in cols]])
+        rank = f"{row.rank}. " if row.rank else "– "
+        name = f"{rank}<strong>{esc(row.name)}</strong>" + (" (baseline)" if row.name == report.baseline else "")
+        name += f"<br>{esc(row.failure or row.status or '?')}"
+        runs = ", ".join(f"{label} {param_cell(row, k, words=True)}" for k, label in params)
+        name += f'<br><span class="params">{esc(runs)}</span>' if runs else ""
+        cells = [f'<td class="sticky">{name}</td>', f'<td class="num">{esc(_fmt(row.startup_s))}</td>',
+                 *[f'<td class="num">{_metric_cell(row.metrics.get(c))}</td>' for c in cols]]
+        body.append("<tr>" + "".join(cells) + "</tr>")
     note = (f"<p>Ranked by <code>{esc(report.primary_metric)}</code> ({esc(report.primary_better or '?')} "
             "is better; valid figures only). Cells: p50 [95% bootstrap CI of the median], INVALID / (inconclusive) "
             "where the figure cannot be used; Δ: % vs baseline [95% CI], in points (pts) for a percentage.</p>")
     machines = (f'<p class="bad"><strong>Caution: {esc(report.machines_note)}.</strong></p>'
                 if report.machines_note else "")
-    return (note if legend else "") + table(header, rows, numeric_from=3) + machines
+    grid = (f'<div class="scroll" id="ranking"><table class="ranking"><thead><tr>{"".join(head)}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+    return (note if legend else "") + grid + machines
 
 
-def conclusions_html(report: Report) -> str:
-    """Optimal config, trade-offs, failures and the recommendation."""
-    opt = report.optimal
-    parts = [f"<h2>Recommendation</h2><p><strong>{esc(report.recommendation)}</strong></p>",
-             f"<p>Optimal configuration: <strong>{esc(opt.name) if opt else 'none'}</strong>"
-             f"{esc(optimal_suffix(report))}</p>"]
-    if report.tradeoffs:
-        parts.append("<h3>Trade-offs</h3><ul>" + "".join(f"<li>{esc(t)}</li>" for t in report.tradeoffs) + "</ul>")
+def recommendation_html(report: Report) -> str:
+    """The recommendation, with each config left out of the ranking and why, beside it."""
+    excluded = "".join(f"<li>{esc(line)}</li>" for line in beside_recommendation(report))
+    return (f'<section id="recommendation"><h2>Recommendation</h2><p class="rec">{esc(report.recommendation)}'
+            f"</p>{f'<ul>{excluded}</ul>' if excluded else ''}</section>")
+
+
+def anomalies_html(report: Report) -> str:
+    """Failed tests one line each; warnings one line per (kind, config) with a count, each folding its details."""
     problems = [f"<li><strong>{esc(f.name)}</strong>: {esc(f.reason)}</li>" for f in report.failed]
     problems += [f"<li>{esc(r.name)} / {esc(k)}: {esc(t.status)}: {esc(t.message or '')}</li>"
                  for r in report.configs for k, t in r.failed_tests()]
-    problems += [f"<li>{esc(r.name)}: warning: {esc(w)}</li>" for r in report.configs for w in r.warnings]
-    parts.append("<h3>Failures and anomalies</h3>" + (f"<ul>{''.join(problems)}</ul>" if problems else "<p>none</p>"))
+    groups = [f'<li class="anomaly"><details class="anomaly"><summary>{esc(g.line())}</summary><ul>'
+              + "".join(f"<li>{esc(d)}</li>" for d in g.details) + "</ul></details></li>" for g in report.anomalies]
+    if not problems and not groups:
+        return "<h2>Failures and anomalies</h2><p>none</p>"
+    return ("<h2>Failures and anomalies</h2>" + (f"<ul>{''.join(problems)}</ul>" if problems else "")
+            + (f'<ul class="anomalies" id="anomalies">{"".join(groups)}</ul>' if groups else ""))
+
+
+def conclusions_html(report: Report) -> str:
+    """Use cases, the deployment checklist, trade-offs and failures (the recommendation comes first, alone)."""
+    parts = [markdown_fragment_html("\n".join(use_case_section(report)))]
+    if report.tradeoffs:
+        parts.append("<h2>Trade-offs</h2><ul>" + "".join(f"<li>{esc(t)}</li>" for t in report.tradeoffs) + "</ul>")
+    parts.append(anomalies_html(report))
     return "\n".join(parts)
 
 
@@ -209,14 +247,17 @@ def run_info_html(report: Report) -> str:
 
 def render_html(report: Report, results: Mapping[str, ConfigResult],
                 gate: GateRecord | None = None) -> str:
-    """The whole report as one self-contained HTML page."""
+    """The whole report as one self-contained HTML page: recommendation, ranking and plots first; run facts folded."""
     body = [
-        "<h1>vLLM grid comparative report</h1>", run_info_html(report),
-        "<h2>Ranking</h2>", ranking_html(report, legend=False),
-        conclusions_html(report), gate_html(gate.verdicts, gate.compared_with) if gate else "",
-        plots_html(report, results), telemetry_html(results), markdown_fragment_html(correctness_markdown(results)), details_html(report),
+        "<h1>vLLM grid comparative report</h1>", recommendation_html(report),
+        "<h2>Ranking</h2>", ranking_html(report),
+        plots_html(report, results), conclusions_html(report),
+        gate_html(gate.verdicts, gate.compared_with) if gate else "",
+        f"<details><summary>Run: what ran, where, when</summary>{run_info_html(report)}</details>",
+        telemetry_html(results), markdown_fragment_html(correctness_markdown(results)), details_html(report),
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
             "<title>vLLM grid comparative report</title>"
             f"<style>{css()}</style></head><body>\n" + "\n".join(b for b in body if b) + "\n</body></html>\n")
 

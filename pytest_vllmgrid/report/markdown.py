@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import JsonValue
 
 from pytest_vllmgrid.numbers import fmt_number as _fmt
-from pytest_vllmgrid.report.model import Report, RowMetric
+from pytest_vllmgrid.report.model import ConfigRow, Report, RowMetric
 from pytest_vllmgrid.results import Metric, ResumeRecord
 
 SEED_PARAMS = [("gpu_memory_utilization", "GPU mem"), ("enable_prefix_caching", "Prefix"),
@@ -49,6 +49,38 @@ def sample_stats(metric: Metric) -> list[str]:
     return [_fmt(metric.p95), _fmt(metric.p99), _fmt(metric.mean)]
 
 
+FAMILY_LABELS = {"kv_cache": "KV", "throughput": "throughput", "long_conversation": "long conv", "ttft": "TTFT",
+                 "tool_calling": "tool call", "reasoning": "reasoning", "stability": "stability"}
+METRIC_LABELS = {"ttft_miss_ms": "MISS TTFT", "ttft_hit_ms": "HIT TTFT", "ttft_ms": "TTFT", "output_tok_s": "out tok/s",
+                 "acceleration": "speed-up",
+                 "decode_tok_s": "decode tok/s", "answer_ttft_ms": "answer TTFT", "success_rate_pct": "success rate",
+                 "degradation_pct": "degradation", "e2e_ms": "e2e", "tpot_ms": "TPOT", "itl_ms": "ITL",
+                 "server_hit_rate_pct": "server hit rate", "last_turns_ttft_ms": "last turns TTFT",
+                 "first_turns_ttft_ms": "first turns TTFT", "request_rate": "req/s", "goodput_pct": "goodput"}
+
+
+def metric_label(key: str) -> str:
+    """A stored `test[id].metric` key as people read it: `kv_cache[16000].ttft_hit_ms` -> `KV 16000 HIT TTFT`."""
+    test, _, metric = key.rpartition(".")
+    family, _, param = test.partition("[")
+    label = METRIC_LABELS.get(metric) or metric.removesuffix("_ms").removesuffix("_pct").replace("_", " ")
+    head = " ".join(filter(None, [FAMILY_LABELS.get(family, family.replace("_", " ")), param.rstrip("]")]))
+    return head if label == FAMILY_LABELS.get(family) and param else f"{head} {label}".strip()
+
+
+def param_cell(row: ConfigRow, key: str, *, words: bool = False) -> str:
+    """A flag as the server runs it: the grid's value, else what the server showed (`16 (server)`), else
+    `default`."""
+    value = row.params.get(key)
+    if value is None and row.effective is not None:
+        seen = next((c for c in row.effective.checks if c.flag == key and c.seen), None)
+        if seen is not None:
+            return f"{seen.seen_text().split(' (', 1)[0]} (server)"
+    if words and isinstance(value, bool):
+        return "on" if value else "off"
+    return _param(value)
+
+
 def _param(value: JsonValue) -> str:
     if value is True:
         return "✅"
@@ -61,6 +93,26 @@ def _resume_text(resume: ResumeRecord) -> str:
     """One --resume of the run: when, what it ran again, its command line."""
     rerun = ", ".join(resume.configs) if resume.configs else "nothing (all complete)"
     return f"{resume.time}, ran again: {rerun} (`{' '.join(resume.argv[1:])}`)"
+
+
+def ranking_params(report: Report) -> list[tuple[str, str]]:
+    """The seed parameters any config states or any server showed, as (flag, column label)."""
+    def shown(row: ConfigRow, key: str) -> bool:
+        return key in row.params or (row.effective is not None and any(c.flag == key and c.seen
+                                                                        for c in row.effective.checks))
+    return [(k, label) for k, label in SEED_PARAMS if any(shown(r, k) for r in report.configs)]
+
+
+def excluded_lines(report: Report) -> list[str]:
+    """`NAME: why it is not ranked`, one per config left out of the ranking."""
+    return [f"{n.name}: {n.reason}" for n in report.excluded]
+
+
+def beside_recommendation(report: Report) -> list[str]:
+    """The lines under the recommendation: that the pick meets the goal, then each config not ranked and why."""
+    opt = report.optimal
+    met = [f"{opt.name} meets the goal: {', '.join(report.goal)}"] if opt and opt.meets_goal else []
+    return met + [f"not ranked: {line}" for line in excluded_lines(report)]
 
 
 def render_markdown(report: Report) -> str:
@@ -83,8 +135,10 @@ def render_markdown(report: Report) -> str:
                f"({report.primary_better or '?'} is better; p50 for samples; valid figures only). "
                "Cells: p50 [95% bootstrap CI of the median], INVALID / (inconclusive) where the figure cannot "
                "be used; Δ: % vs baseline [95% CI], in points (pts) for a percentage.")
+    out += ["", "## Recommendation", "", report.recommendation, ""]
+    out += [f"- {line}" for line in beside_recommendation(report)]
     out += ["", "## Ranking", ""]
-    seed_cols = [(k, label) for k, label in SEED_PARAMS if any(k in r.params for r in report.configs)]
+    seed_cols = ranking_params(report)
     header = ["Rank", "Config", *[label for _, label in seed_cols], "Status", "Startup s"]
     for name in cols:
         header += [name, "Δ"]
@@ -94,7 +148,7 @@ def render_markdown(report: Report) -> str:
     out.append("|" + "---|" * len(header))
     for row in report.configs:
         cells = [str(row.rank or "–"), f"**{row.name}**" if row.name == report.baseline else row.name]
-        cells += [_param(row.params.get(k)) for k, _ in seed_cols]
+        cells += [param_cell(row, k) for k, _ in seed_cols]
         cells += [row.status or "?", _fmt(row.startup_s)]
         for name in cols:
             metric = row.metrics.get(name)
@@ -104,16 +158,14 @@ def render_markdown(report: Report) -> str:
     if report.machines_note:
         out += ["", f"**Caution: {report.machines_note}.**"]
     out += effective_section(report)
-    opt = report.optimal
-    out += ["", "## Optimal configuration", ""]
-    out.append(f"**{opt.name}**{optimal_suffix(report)}" if opt else "none (no config produced the primary metric)")
+    out += use_case_section(report)
     out += ["", "## Trade-offs", ""]
     out += [f"- {line}" for line in report.tradeoffs] or ["- none: the optimal config is also best on every "
                                                           "other headline metric (or too few configs)."]
     out += ["", "## Failures and anomalies", ""]
     failed_tests = [(r.name, k, t) for r in report.configs for k, t in r.failed_tests()]
-    if not report.failed and not failed_tests and not any(r.warnings for r in report.configs) \
-            and not report.skipped and not report.left_out:
+    if not report.failed and not failed_tests and not report.anomalies and not report.skipped \
+            and not report.left_out:
         out.append("- none")
     for item in report.skipped:
         out.append(f"- {item.name}: not run ({item.reason})")
@@ -123,8 +175,9 @@ def render_markdown(report: Report) -> str:
         out.append(f"- {item.name}: not ranked: {item.reason}")
     for name, key, test in failed_tests:
         out.append(f"- {name} / {key}: {test.status}: {test.message or ''}".rstrip())
-    for row in report.configs:
-        out += [f"- {row.name}: warning: {w}" for w in row.warnings]
+    out += [f"- {group.line()}" for group in report.anomalies]
+    if report.anomalies:
+        out += ["", "Each warning in full: Details per config below (and report.json's `anomalies`)."]
     out += ["", "## Between-deployment noise", ""]
     if report.noise:
         out += ["Two deployments of the same flags differ by this much; a difference between configs counts as "
@@ -135,7 +188,7 @@ def render_markdown(report: Report) -> str:
     else:
         out.append("Not measured in this run: differences between configs are judged on request-to-request noise "
                    "only. Measure it with `--vllm-replicas 2` or an A/A grid (configs/aa-cpu.yaml).")
-    out += ["", "## Recommendation", "", report.recommendation, "", "## Details per config", ""]
+    out += ["", "## Details per config", ""]
     for row in report.configs:
         out.append(f"### {row.name}")
         out.append("")
@@ -146,8 +199,21 @@ def render_markdown(report: Report) -> str:
             for name, metric in row.metrics.items():
                 out.append(" | ".join([f"| {name}", str(metric.n or ""), cell(metric), *sample_stats(metric),
                                        f"{delta(metric)} |"]))
+        if row.warnings:
+            out += ["", "Warnings:", ""] + [f"- {w}" for w in row.warnings]
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def use_case_section(report: Report) -> list[str]:
+    """`## Recommendations per use case` (one line each) and the recommended config's deployment checklist."""
+    if not report.use_cases:
+        return []
+    out = ["", "## Recommendations per use case", ""] + [f"- {case.line()}" for case in report.use_cases]
+    if report.checklist:
+        out += ["", f"## Deployment checklist: {report.checklist.config}", ""]
+        out += [f"- {item.line()}" for item in report.checklist.items]
+    return out
 
 
 def effective_section(report: Report) -> list[str]:
@@ -160,17 +226,6 @@ def effective_section(report: Report) -> list[str]:
            "What each server showed it runs after readiness (startup log `non-default args`, /metrics "
            "`vllm:cache_config_info`, /v1/models), against the flags its config states.", ""]
     return out + [f"- {row.name}: {row.effective.summary()}" for row in rows]
-
-
-def optimal_suffix(report: Report) -> str:
-    """What follows the optimal config's name wherever it is named alone: its shortfall (goal, criteria), or
-    that it meets the goal."""
-    opt = report.optimal
-    if opt is None:
-        return ""
-    if opt.caveat:
-        return f", {opt.caveat}."
-    return f" (meets the goal: {', '.join(report.goal)})" if opt.meets_goal else ""
 
 
 def render_extension_sections(report: Report) -> str:
@@ -187,16 +242,20 @@ def _table_text(text: str) -> str:
 
 
 def render_terminal(report: Report) -> list[str]:
-    """A compact ranked table for the terminal summary."""
-    cols = list(report.columns)[:4]
-    widths = [4, max([len(r.name) for r in report.configs] + [6]), 10, 9] + [24] * len(cols)
-    header = ["rank", "config", "status", "startup s", *cols]
-    lines = ["  ".join(h[:w].ljust(w) for h, w in zip(header, widths))]
-    for row in report.configs:
-        cells = [str(row.rank or "-"), row.name, row.status or "?", _fmt(row.startup_s),
-                 *[cell(row.metrics.get(c)) for c in cols]]
-        lines.append("  ".join(c[:w].ljust(w) for c, w in zip(cells, widths)))
+    """A compact ranked table for the terminal summary: full status words, readable metric names, the primary
+    metric first."""
+    cols = list(report.columns)
+    if report.primary_metric in cols:
+        cols.remove(report.primary_metric)
+        cols.insert(0, report.primary_metric)
+    cols = cols[:4]
+    header = ["rank", "config", "status", "startup s", *[metric_label(c) for c in cols]]
+    rows = [[str(row.rank or "-"), row.name, row.status or "?", _fmt(row.startup_s),
+             *[cell(row.metrics.get(c)) for c in cols]] for row in report.configs]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     if report.machines_note:
         lines.append(f"CAUTION: {report.machines_note}")
     lines.append(f"recommendation: {report.recommendation}")
+    lines += beside_recommendation(report)
     return lines

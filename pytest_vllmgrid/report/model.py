@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 from pytest_vllmgrid.grid import Grid
 from pytest_vllmgrid.judge import PERCENT_UNITS, goal_shortfall
 from pytest_vllmgrid.numbers import fmt_number as _fmt
+from pytest_vllmgrid.report.anomalies import AnomalyGroup, group_warnings
+from pytest_vllmgrid.report.usecases import Checklist, UseCase, checklist, use_cases
 from pytest_vllmgrid.results import (HIGHER, LOWER, ConfigResult, ErrorLine, JsonObject, Machine, Metric, ResultsStore,
                                      placement_note)
 from pytest_vllmgrid.results.models import Better, EffectiveConfig, ResumeRecord
@@ -179,6 +181,10 @@ class Report(_ReportModel):
     failed: list[ConfigNote] = Field(default_factory=list)
     skipped: list[ConfigNote] = Field(default_factory=list)
     left_out: list[ConfigNote] = Field(default_factory=list)  # not ranked: the primary figure is not valid
+    excluded: list[ConfigNote] = Field(default_factory=list)  # every config not ranked, and why (beside the pick)
+    anomalies: list[AnomalyGroup] = Field(default_factory=list)  # warnings grouped by (kind, config), with counts
+    use_cases: list[UseCase] = Field(default_factory=list)  # recommendations per use case (report/usecases.py)
+    checklist: Checklist | None = None  # the recommended config's deployment checklist
     noise: list[NoiseEstimate] = Field(default_factory=list)  # between-deployment noise (A/A pairs, replicas)
     goal: list[str] = Field(default_factory=list)  # the thresholds file's goal metrics (from the run manifest)
     goal_met_by: list[str] = Field(default_factory=list)  # ranked configs that meet every goal bound
@@ -227,10 +233,36 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
                   for r in ranked if not r.failure and primary and (m := r.metrics.get(primary)) is not None
                   and m.validity != "valid"],
     )
+    report.excluded = _excluded(report)
+    report.anomalies = [g for row in ranked for g in group_warnings(row.name, row.warnings)]
     report.optimal = _optimal(report)
     report.tradeoffs = _tradeoffs(report)
     report.recommendation = _recommendation(report)
+    report.use_cases = use_cases(ranked, primary, manifest.profiles)
+    picked = next((r for r in ranked if report.optimal and r.name == report.optimal.name), None)
+    report.checklist = checklist(picked, ranked, results.get(picked.name)) if picked else None
     return report
+
+
+def _excluded(report: Report) -> list[ConfigNote]:
+    """Each config left out of the ranking, with why: failed, not run, interrupted, figure not valid or absent."""
+    out = []
+    for row in report.configs:
+        if row.rank is not None:
+            continue
+        metric = row.metrics.get(report.primary_metric or "")
+        if row.failure:
+            why = row.failure
+        elif row.skip_reason:
+            why = f"not run ({row.skip_reason})"
+        elif metric is not None and metric.validity != "valid":
+            why = f"{report.primary_metric} {metric.validity}: {metric.validity_reason}"
+        else:
+            why = f"no {report.primary_metric} figure"
+        if row.status not in ("complete", "skipped") and not row.failure:
+            why = f"{row.status}: {why}"
+        out.append(ConfigNote(name=row.name, reason=why))
+    return out
 
 
 def _config_row(name: str, data: ConfigResult, goal: list[str]) -> ConfigRow:
@@ -406,6 +438,8 @@ def _tradeoffs(report: Report) -> list[str]:
             continue
         scored = [(value, r.name) for r in report.configs if name in r.metrics and not r.failure
                   and r.metrics[name].validity == "valid" and (value := r.metrics[name].point()) is not None]
+        if optimal and report.baseline not in {n for _, n in scored}:
+            lines += _worse_than_baseline(report, name, col)
         if len(scored) < 2:
             continue
         best_value, best = (max if col.better == HIGHER else min)(scored)
@@ -416,6 +450,23 @@ def _tradeoffs(report: Report) -> list[str]:
                 lines.append(f"{name}: best is {best} ({_fmt(best_value)} {col.unit}); "
                              f"{optimal.name} is {gap:+.1f}% from it")
     return lines
+
+
+def _worse_than_baseline(report: Report, name: str, col: Column) -> list[str]:
+    """The optimal config's figure significantly worse than the baseline's, when the baseline is not among the
+    configs compared above (it failed, or its figure is partial): the change vs the baseline is the only one left."""
+    row = next((r for r in report.configs if report.optimal and r.name == report.optimal.name), None)
+    metric = row.metrics.get(name) if row else None
+    if metric is None:
+        return []
+    if metric.vs_baseline_pts is not None:
+        change, ci, unit = metric.vs_baseline_pts, metric.vs_baseline_ci_pts, " pts"
+    else:
+        change, ci, unit = metric.vs_baseline_pct, metric.vs_baseline_ci_pct, "%"
+    if change is None or ci_side(ci, col.better) != "worse":
+        return []
+    return [f"{name}: {row.name} is {change:+.1f}{unit} vs the baseline {report.baseline} "
+            f"(95% CI {ci[0]:+.1f} to {ci[1]:+.1f}){baseline_state(report)}: worse"]
 
 
 def _recommendation(report: Report) -> str:
@@ -447,10 +498,36 @@ def _verdict_sentence(report: Report) -> str:
                 f"{opt.runner_up}: the 95% CIs do not separate; keep the baseline {report.baseline} or measure with "
                 f"more repetitions.{left}")
     if opt.is_baseline:
-        return (f"Keep the baseline {opt.name}: no other config beats its {primary} "
+        others = "no other ranked config" if report.excluded else "no other config"
+        return (f"Keep the baseline {opt.name}: {others} beats its {primary} "
                 f"({_fmt(opt.value)} {opt.unit}).{left}")
     if opt.significant_vs_baseline:
         return f"Deploy {opt.name}: best {primary} at {_fmt(opt.value)} {opt.unit}, {change_text}.{left}"
-    return (f"{opt.name} ranks first on {primary} ({_fmt(opt.value)} {opt.unit}, {change_text}), "
+    side = ci_side(ci, report.primary_better)
+    base = baseline_state(report)
+    if side == "worse":
+        return (f"{opt.name} ranks first among the ranked configs on {primary} ({_fmt(opt.value)} {opt.unit}), "
+                f"but it is significantly worse than the baseline {report.baseline}: {change_text}{base}; "
+                f"do not deploy it on this evidence.{left}")
+    if side == "better":
+        return (f"{opt.name} ranks first on {primary} ({_fmt(opt.value)} {opt.unit}, {change_text}{base}), "
+                f"better than the baseline {report.baseline} but within the between-deployment noise "
+                f"(±{noise_pct(report, primary):.1f}%): keep the baseline or measure with more repetitions.{left}")
+    return (f"{opt.name} ranks first on {primary} ({_fmt(opt.value)} {opt.unit}, {change_text}{base}), "
             f"but the difference from the baseline {report.baseline} is not statistically significant: "
             f"keep the baseline or measure with more repetitions.{left}")
+
+
+def ci_side(ci: list[float] | None, better: Better | None) -> str | None:
+    """'better' / 'worse' when a CI of a change vs the baseline excludes 0 on that side; None when it covers 0."""
+    if not ci or better not in (LOWER, HIGHER) or ci[0] <= 0 <= ci[1]:
+        return None
+    return "better" if (ci[1] < 0) == (better == LOWER) else "worse"
+
+
+def baseline_state(report: Report) -> str:
+    """` (the baseline failed: REASON; its figures are partial)` when the baseline is not a complete run; ''."""
+    row = next((r for r in report.configs if r.name == report.baseline), None)
+    if row is None or (row.status == "complete" and not row.failure):
+        return ""
+    return f" (the baseline {row.status}: {row.failure or row.skip_reason or 'incomplete'}; its figures are partial)"
