@@ -81,6 +81,26 @@ class BenchSettings(BaseModel):
     throughput_ignore_eos: bool = Field(True, description="fixed output length, so configs compare like for like")
     slo_ttft_ms: float = Field(1000.0, gt=0)
     slo_tpot_ms: float = Field(100.0, gt=0)
+    # capacity under the thresholds file's SLO (benchmarks/test_capacity.py; docs/benchmarks.md)
+    capacity_window_s: float = Field(10.0, gt=0, le=600, description="a probe's judged span: the load held "
+                                     "this long after its warm-up")
+    capacity_warmup_s: float = Field(2.0, ge=0, le=600, description="a probe's first seconds: load sent, not judged")
+    capacity_windows: int = Field(5, ge=3, le=100, description="equal windows a probe's span is cut into (t CI of "
+                                  "its rates)")
+    capacity_start_rate: float = Field(2.0, gt=0, le=100_000, description="req/s of a rate search's first probe")
+    capacity_min_rate: float = Field(0.25, gt=0, le=100_000, description="a rate search goes no lower")
+    capacity_max_rate: float = Field(512.0, gt=0, le=100_000, description="a rate search goes no higher")
+    capacity_start_concurrency: int = Field(1, ge=1, le=100_000)
+    capacity_max_concurrency: int = Field(256, ge=1, le=100_000)
+    capacity_growth: float = Field(2.0, gt=1, le=16, description="bracketing: each probe x this until one misses")
+    capacity_tolerance_pct: float = Field(10.0, gt=0, le=1000, description="bisection stops once the bracket's "
+                                          "ends are at most this % apart")
+    capacity_max_probes: int = Field(10, ge=2, le=100, description="probes per search at most")
+    capacity_budget_s: float = Field(180.0, gt=0, le=7200, description="no probe of a search starts after this")
+    capacity_burstiness: float = Field(0.5, gt=0, le=100, description="gamma arrivals' shape (1 = Poisson, "
+                                       "below 1 burstier)")
+    capacity_max_tokens: int = Field(64, ge=1)
+    capacity_prompt_tokens: int = Field(128, ge=1)
     # long conversation
     conversation_turns: int = Field(15, ge=2)
     conversations: int = Field(3, ge=1)

@@ -246,6 +246,19 @@ def unsure(test: TestResult) -> list[str]:
     return reasons
 
 
+def slo_outcome(verdicts: Sequence[Verdict], load_problem: str | None = None) -> tuple[str, list[str]]:
+    """A load probe against an SLO (its bounds' verdicts): "misses" when any bound's CI is wholly on the wrong
+    side, "meets" only when every bound passed and the load was delivered as planned (`load_problem`: why not),
+    else "inconclusive"; with the messages of the verdicts (and problem) that decided it."""
+    failed = [v.message for v in verdicts if v.status == "fail"]
+    if failed:
+        return "misses", failed
+    unsure_ = [v.message for v in verdicts if v.status != "pass"] + ([load_problem] if load_problem else [])
+    if unsure_ or not verdicts:
+        return "inconclusive", unsure_ or ["no SLO bound judged"]
+    return "meets", [v.message for v in verdicts]
+
+
 def goal_met(goal: list[str], result: ConfigResult) -> bool:
     """Every goal metric was judged on this config and all its bounds passed."""
     return not goal_shortfall(goal, result)

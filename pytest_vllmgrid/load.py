@@ -41,7 +41,7 @@ import numpy as np
 from pytest_vllmgrid.client import RequestRecord
 from pytest_vllmgrid.stats import statistic_named, t_quantile
 
-ARRIVALS = ("constant", "poisson")
+ARRIVALS = ("constant", "poisson", "gamma")  # gamma: gaps of shape `burstiness` (< 1 burstier than Poisson)
 # Event-loop timers have ~1 ms granularity, so a send is paced by waking shortly before it and
 # yielding to the loop in a tight loop until the moment. A Linux timerfd wakes within ~0.2 ms;
 # the loop's own timers (elsewhere) need a wider, costlier spinning window.
@@ -225,6 +225,7 @@ async def run_rate(
     max_duration_s: float,
     arrival: str = "constant",
     seed: int = 0,
+    burstiness: float = 1.0,
 ) -> LoadResult:
     """Send on an open-loop schedule at `rate` req/s until the count or the time is reached.
 
@@ -233,7 +234,7 @@ async def run_rate(
     _check_bounds(num_requests, max_duration_s)
     if rate <= 0:
         raise ValueError(f"rate must be > 0 requests per second, got {rate}")
-    offsets = arrival_offsets(rate, arrival, seed)
+    offsets = arrival_offsets(rate, arrival, seed, burstiness)
     tasks: list[asyncio.Future[RequestRecord]] = []
     timer = _TimerFd.open()
     window = _SPIN_WINDOW_TIMERFD_S if timer is not None else _SPIN_WINDOW_LOOP_TIMER_S
@@ -490,21 +491,31 @@ def batch_median_ci(point: float, groups: Sequence[Sequence[float]],
     return max(low, 0.0), high
 
 
-def arrival_offsets(rate: float, arrival: str, seed: int = 0) -> Iterator[float]:
-    """Return planned send offsets in seconds from the run start: 0 first, then spaced by rate."""
+def arrival_offsets(rate: float, arrival: str, seed: int = 0, burstiness: float = 1.0) -> Iterator[float]:
+    """Return planned send offsets in seconds from the run start: 0 first, then spaced by rate (gamma: gaps
+    of shape `burstiness` and mean 1/rate, as vLLM bench's --burstiness; 1 is a Poisson process)."""
     if arrival not in ARRIVALS:
         raise ValueError(f"unknown arrival {arrival!r}; allowed: {', '.join(ARRIVALS)}")
-    return _offsets(rate, arrival == "poisson", random.Random(seed))
+    if not burstiness > 0:
+        raise ValueError(f"burstiness must be > 0, got {burstiness}")
+    shape = 1.0 if arrival == "poisson" else burstiness
+    return _offsets(rate, None if arrival == "constant" else shape, random.Random(seed))
 
 
-def _offsets(rate: float, poisson: bool, rng: random.Random) -> Iterator[float]:
-    """Yield constant-spaced offsets, or offsets with exponential gaps (a Poisson process)."""
+def _offsets(rate: float, shape: float | None, rng: random.Random) -> Iterator[float]:
+    """Yield constant-spaced offsets (`shape` None), or offsets with gamma gaps of that shape and mean 1/rate
+    (shape 1: exponential gaps, a Poisson process)."""
     offset = 0.0
     index = 0
     while True:
         yield offset
         index += 1
-        offset = offset + rng.expovariate(rate) if poisson else index / rate
+        if shape is None:
+            offset = index / rate
+        elif shape == 1.0:
+            offset += rng.expovariate(rate)
+        else:
+            offset += rng.gammavariate(shape, 1.0 / (rate * shape))
 
 
 async def _send_at(send: Send, index: int, planned: float) -> RequestRecord:

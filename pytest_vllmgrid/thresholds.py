@@ -36,6 +36,9 @@ METRICS: dict[str, list[str]] = {
                           "tpot_ms", "e2e_ms", "server_ttft_p50_ms"],
     "tool_call_streaming": ["identical_pct", "differing_pairs", "pairs_without_calls", "errors", "ttft_ms",
                             "tpot_ms", "e2e_ms", "server_ttft_p50_ms"],
+    "capacity": ["capacity_rate", "capacity_concurrency", "goodput_req_s", "goodput_pct", "request_rate",
+                 "output_tok_s", "ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "errors", "error_rate_pct",
+                 "server_ttft_p50_ms"],
     "gpu": ["util_mean_pct", "vram_peak_pct", "temp_max_c", "power_mean_w"],
 }
 STATS = ("p50", "p90", "p95", "p99", "mean", "min", "max", "value")
@@ -85,6 +88,60 @@ class TelemetryRules(BaseModel):
     fail: bool = False
 
 
+class Slo(BaseModel):
+    """The service-level objective the capacity search holds each load to (benchmarks/test_capacity.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttft_p95_ms: float | None = Field(None, gt=0, description="p95 time to first token, ms")
+    itl_p95_ms: float | None = Field(None, gt=0, description="p95 inter-token latency (gap between token chunks), ms")
+    max_error_rate_pct: float = Field(1.0, ge=0, le=100, description="failed requests, % of those sent")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _has_a_latency(self) -> Slo:
+        if self.ttft_p95_ms is None and self.itl_p95_ms is None:
+            raise ValueError("give ttft_p95_ms, itl_p95_ms or both")
+        return self
+
+    def bounds(self) -> dict[str, Bound]:
+        """The SLO as bounds on a load probe's metrics (metric name -> Bound), judged like any threshold."""
+        out = {}
+        if self.ttft_p95_ms is not None:
+            out["ttft_ms"] = Bound(stat="p95", max=self.ttft_p95_ms)
+        if self.itl_p95_ms is not None:
+            out["itl_ms"] = Bound(stat="p95", max=self.itl_p95_ms)
+        out["error_rate_pct"] = Bound(max=self.max_error_rate_pct)
+        return out
+
+    def text(self) -> str:
+        """`p95 TTFT <= 500 ms, p95 ITL <= 100 ms, errors <= 1%`."""
+        parts = [f"p95 TTFT <= {self.ttft_p95_ms:g} ms"] if self.ttft_p95_ms is not None else []
+        parts += [f"p95 ITL <= {self.itl_p95_ms:g} ms"] if self.itl_p95_ms is not None else []
+        return ", ".join(parts + [f"errors <= {self.max_error_rate_pct:g}%"])
+
+
+def slo_problem(raw: object) -> str | None:
+    """Why a thresholds file's `slo:` section is wrong, in one line naming the field (with a did-you-mean), or
+    None."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        return f"field 'slo' = {_short(raw)}: expected a mapping of {', '.join(Slo.model_fields)}"
+    allowed = list(Slo.model_fields)
+    for key in raw:
+        if key not in allowed:
+            return f"field 'slo.{key}': unknown SLO field{suggest(str(key), allowed)}; allowed: {', '.join(allowed)}"
+    try:
+        Slo.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(["slo", *map(str, err["loc"])])
+        value = f" = {_short(err.get('input'))}" if err["loc"] else ""
+        return f"field {where!r}{value}: {err['msg'].removeprefix('Value error, ')}"
+    return None
+
+
 class ThresholdsFile(BaseModel):
     """The whole thresholds file."""
 
@@ -97,6 +154,7 @@ class ThresholdsFile(BaseModel):
         default_factory=dict, description="use-case weights: profile name -> {test.metric: weight >= 0}; "
         "generic_production weighs the report's generic-production recommendation")
     telemetry: TelemetryRules = Field(default_factory=TelemetryRules)
+    slo: Slo | None = Field(None, description="what the capacity search holds each load to")
 
 
 @dataclass
@@ -136,6 +194,8 @@ def load_thresholds(path: str | Path | None) -> Thresholds:
         raise ThresholdError(f"thresholds file {path}:\n  - " + "\n  - ".join(problems))
     if not isinstance(raw, dict):
         raise ThresholdError(f"thresholds file {path}: top level must be a mapping, got {type(raw).__name__}")
+    if (problem := slo_problem(raw.get("slo"))) is not None:
+        raise ThresholdError(f"thresholds file {path}: {problem}")
     try:
         spec = ThresholdsFile.model_validate(raw)
     except ValidationError as exc:

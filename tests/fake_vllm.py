@@ -15,6 +15,9 @@ quote the request's Authorization header), FAKE_VLLM_LIE (comma-separated `flag`
 runs that instead of its argv — a bare flag is a switch flipped — and says so in its startup line and gauges),
 FAKE_VLLM_DIVERGE_AT=N (answers change from content token N on: a config whose outputs differ).
 
+Given --max-num-seqs N it generates at most N completions at once (fault_server's slots; the rest queue, their
+wait inside the TTFT), so its capacity under load is N / (TTFT + 7 ms) requests per second.
+
 Like vLLM it prints `non-default args: {...}` at startup and serves `vllm:cache_config_info` and /v1/models
 `max_model_len` from the flags it runs (vLLM's defaults for those not given).
 """
@@ -150,7 +153,8 @@ def main() -> None:
                        "--ttft-ms", ttft_ms, "--itl-ms", "1", *(["--echo-auth"] if echo_auth else []),
                        *(["--diverge-at", os.environ["FAKE_VLLM_DIVERGE_AT"]] if os.environ.get("FAKE_VLLM_DIVERGE_AT")
                          else []),
-                       "--cache-config", cache_config, "--max-model-len", str(max_model_len)])
+                       "--cache-config", cache_config, "--max-model-len", str(max_model_len),
+                       *(["--slots", str(flags["max_num_seqs"])] if isinstance(flags.get("max_num_seqs"), int) else [])])
 
 
 def _serve_then_fault(mode: str, healthy: int, port: int, name: str, ttft_ms: float, echo_auth: bool,

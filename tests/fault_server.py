@@ -78,6 +78,7 @@ class FaultOptions:
     cache_config: str | None = None  # JSON labels of a vllm:cache_config_info gauge (None: no such gauge)
     max_model_len: int = 4096  # what /v1/models lists
     diverge_at: int | None = None  # content token i >= this is "alt{i}" (id 1000 + i): a server whose answers changed
+    slots: int = 0  # completions generated at once (0: any number); the rest queue, like vLLM's max_num_seqs
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -216,6 +217,7 @@ class FaultApp:
         self._cached_blocks: set[int] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.AbstractServer | None = None
+        self._slots = asyncio.Semaphore(options.slots) if options.slots > 0 else None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, ssl_context: Any = None) -> int:
         """Bind and start serving (over TLS when given a server `ssl_context`); return the bound port."""
@@ -299,6 +301,8 @@ class FaultApp:
         if options.api_delay_ms:
             await asyncio.sleep(options.api_delay_ms / 1000)
         engine_start = time.perf_counter()  # the engine's clock (vLLM's arrival stamp)
+        if self._slots is not None:  # wait for a free slot: the wait is queue time inside the engine's TTFT
+            await self._slots.acquire()
         try:
             if body.get("stream"):
                 await self._stream(plan, reader, writer, engine_start)
@@ -314,6 +318,8 @@ class FaultApp:
                 await _respond_json(writer, 200, plan.whole_response())
         finally:
             self._metrics.running -= 1
+            if self._slots is not None:
+                self._slots.release()
 
     async def _stream(
         self,
@@ -765,6 +771,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-config", default=defaults.cache_config)
     parser.add_argument("--max-model-len", type=int, default=defaults.max_model_len)
     parser.add_argument("--diverge-at", type=int, default=defaults.diverge_at)
+    parser.add_argument("--slots", type=int, default=defaults.slots)
     args = vars(parser.parse_args(argv))
     port, max_lifetime_s = args.pop("port"), args.pop("max_lifetime")
     app = FaultApp(FaultOptions(**args), exit_process_on_crash=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import statistics
 from collections.abc import Coroutine
 from time import perf_counter
 from typing import Any
@@ -174,8 +175,17 @@ def test_poisson_arrivals_are_seeded_and_average_the_rate() -> None:
 
 
 def test_unknown_arrival_is_rejected() -> None:
-    with pytest.raises(ValueError, match="gamma"):
-        next(arrival_offsets(10, "gamma"))
+    with pytest.raises(ValueError, match="uniform"):
+        next(arrival_offsets(10, "uniform"))
+
+
+def test_gamma_arrivals_average_the_rate_and_burst_below_shape_one() -> None:
+    gaps = {shape: [b - a for a, b in itertools.pairwise(itertools.islice(arrival_offsets(50, "gamma", 3, shape),
+                                                                               5001))] for shape in (0.25, 1.0)}
+    for values in gaps.values():
+        assert 5000 / sum(values) == pytest.approx(50, rel=0.1)
+    cv = {shape: statistics.pstdev(v) / statistics.mean(v) for shape, v in gaps.items()}
+    assert cv[0.25] == pytest.approx(2.0, rel=0.15) and cv[1.0] == pytest.approx(1.0, rel=0.1)
 
 
 @pytest.mark.parametrize(("num_requests", "max_duration_s"), [(0, 1.0), (10, 0.0)])

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 from pytest_vllmgrid.grid import Grid
 from pytest_vllmgrid.judge import PERCENT_UNITS, goal_shortfall
 from pytest_vllmgrid.numbers import fmt_number as _fmt
+from pytest_vllmgrid.report.capacity import capacity_sentence
 from pytest_vllmgrid.report.anomalies import AnomalyGroup, group_warnings
 from pytest_vllmgrid.report.usecases import Checklist, UseCase, checklist, use_cases
 from pytest_vllmgrid.results import (HIGHER, LOWER, ConfigResult, ErrorLine, JsonObject, Machine, Metric, ResultsStore,
@@ -473,7 +474,8 @@ def _recommendation(report: Report) -> str:
     """One sentence that follows from the valid figures, with what it rests on and what it cannot claim: a config
     that misses its goal or criteria is named with that shortfall in the same sentence, and a comparison across
     machines says so."""
-    return _verdict_sentence(report) + (f" Caution: {report.machines_note}." if report.machines_note else "")
+    loads = capacity_sentence({r.name: r.metrics for r in report.configs if not r.failure}, report.baseline)
+    return _verdict_sentence(report) + loads + (f" Caution: {report.machines_note}." if report.machines_note else "")
 
 
 def _verdict_sentence(report: Report) -> str:

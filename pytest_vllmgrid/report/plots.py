@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from pytest_vllmgrid.results import ConfigResult, JsonObject, Measurement, Metric, TestResult
 
+from pytest_vllmgrid.report.capacity import pareto_png
 from pytest_vllmgrid.report.model import ConfigRow, Report
 from pytest_vllmgrid.report.telemetry import telemetry_plot_png
 from pytest_vllmgrid.telemetry import Sample, TelemetrySeries
@@ -269,6 +270,8 @@ PLOTS: list[tuple[str, Callable[[Report, Mapping[str, ConfigResult]], bytes | No
     ("TTFT per turn in long conversations", lambda report, results: turn_ttft_png(results)),
     ("Latency distributions (raw samples)", lambda report, results: latency_distributions_png(report)),
     ("GPU telemetry over time", lambda report, results: telemetry_png(results)),
+    ("Capacity within the SLO: throughput vs p95 TTFT across configs (Pareto)",
+     lambda report, results: pareto_png(results)),
 ]
 
 
