@@ -202,7 +202,7 @@ def test_the_ranking_shows_a_flag_the_server_runs_that_the_grid_does_not_state(t
     store = store_run(tmp_path / "run", {"base": {"kv_cache": kv(60.0, (1.0, 0.97, 1.03), 1)},
                                          "compose16": {"kv_cache": kv(30.0, (2.0, 1.9, 2.1), 2)}},
                       params={"base": {"max_num_seqs": 64}, "compose16": {}})
-    seen = EffectiveConfig(checks=[FlagCheck(flag="max_num_seqs", seen={"startup_log": 16}, status="seen")])
+    seen = EffectiveConfig(checks=[FlagCheck(flag="max_num_seqs", seen={"log": 16}, status="seen")])
     store.update_config("compose16", lambda r: setattr(r.deployment, "effective", seen))
     paths = write_reports(store)
     row = next(line for line in paths["markdown"].read_text().splitlines() if line.startswith("| 1 | compose16"))

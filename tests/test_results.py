@@ -35,7 +35,7 @@ def test_a_schema_1_run_loads_as_typed_results(v1_copy: ResultsStore) -> None:
 
 
 def ranking_rows(markdown: str) -> dict[str, list[str]]:
-    table = markdown.split("## Ranking", 1)[1].split("## Optimal", 1)[0]
+    table = markdown.split("## Ranking", 1)[1].split("\n## ", 1)[0]
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     return {row[1].strip("*"): row for row in rows}
 
