@@ -104,8 +104,7 @@ def configure_node(node: Any) -> None:
     if gs.grid is None:
         return
     if node.config.getoption("vllm_resume"):
-        gs.results_root()
-        node.workerinput["vllm_completed"] = gs.store.completed_hashes()  # collected there, deselected alike
+        node.workerinput["vllm_resume_skip"] = sorted(gs.resume_skip_names())  # every worker deselects alike
     problems = remote.run_host_preflight(node.gateway, _preflight_request(gs, node))
     if problems:
         raise pytest.UsageError(f"{remote.host_label(spec)}: preflight failed: {'; '.join(problems)}")

@@ -313,8 +313,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
 
 def _deselect_completed(config: pytest.Config, gs, items: list[pytest.Item]) -> None:
     """Drop the tests of configs whose stored result is complete with the same config hash."""
-    done = gs.completed_hashes()
-    skip_names = {c.name for c in gs.grid.configs if done.get(c.name) == c.config_hash()}
+    skip_names = gs.resume_skip_names()
     if not skip_names:
         return
     kept, dropped = [], []

@@ -149,11 +149,6 @@ class GridSession:
             self.load()
             self.results_root()
 
-    @property
-    def _workerinput(self) -> dict[str, Any]:
-        """What the xdist controller sent this worker ({} outside xdist)."""
-        return getattr(self.pytest_config, "workerinput", {})
-
     def _worker_results_dir(self) -> str | None:
         """A local worker writes into the controller's directory; a remote one into its scratch, shipped back."""
         if self._workerinput.get("vllm_ship_results"):
@@ -168,12 +163,14 @@ class GridSession:
             return {}
         return self.shipment.changed()
 
-    def completed_hashes(self) -> dict[str, str | None]:
-        """--resume: configs complete in this run's directory (a remote worker: as the controller sent them)."""
-        if "vllm_completed" in self._workerinput:
-            return dict(self._workerinput["vllm_completed"])
+    def resume_skip_names(self) -> set[str]:
+        """--resume: the configs complete in this run's directory with the same config hash; a remote worker takes
+        the controller's decision (a hash covers paths such as {grid_dir}, which differ from host to host)."""
+        if "vllm_resume_skip" in self._workerinput:
+            return set(self._workerinput["vllm_resume_skip"])
         self.results_root()
-        return self.store.completed_hashes() if self.store else {}
+        done = self.store.completed_hashes() if self.store else {}
+        return {c.name for c in self.load().configs if done.get(c.name) == c.config_hash()}
 
     def receive_results(self, files: dict[str, str] | None) -> None:
         """xdist controller: write a remote worker's shipped files into this run's results directory."""
@@ -208,6 +205,11 @@ class GridSession:
         """This worker's GPUs (--vllm-gpus-per-config K): a disjoint slice of the visible devices."""
         try:
             return placement.gpu_set(self.pytest_config.getoption("vllm_gpus_per_config"),
+    @property
+    def _workerinput(self) -> dict[str, Any]:
+        """What the xdist controller sent this worker ({} outside xdist)."""
+        return getattr(self.pytest_config, "workerinput", {})
+
                                      self._workerinput.get("vllm_local_index", self.worker_index))  # per host
         except PlacementError as exc:
             raise pytest.UsageError(str(exc)) from None

@@ -263,3 +263,27 @@ def test_real_vllm_two_configs_one_host_vs_two(hosts, tmp_path):
     record = os.environ.get("VLLMGRID_MULTIHOST_TIMES")
     if record:
         Path(record).write_text(json.dumps(times, indent=2))
+
+
+def test_resume_on_the_controllers_directory_reruns_only_the_unfinished_config(hosts, tmp_path):
+    started, ssh_config = hosts
+    grid = fake_host_grid(["a", "b"])
+    grid["vllm_command"] = [sys.executable, str(FAKE_VLLM), "serve"]  # the same path on every host: the same config
+    ctl = controller(tmp_path, started, grid)  # hash ({grid_dir} would differ from host to host)
+    first = subprocess.run(pytest_argv(started, ssh_config), cwd=ctl, capture_output=True, text=True, timeout=240)
+    assert first.returncode == 0, first.stdout[-3000:]
+    out = ctl / "out"
+    interrupted = json.loads((out / "b.json").read_text())
+    interrupted["status"] = "interrupted"  # as a Ctrl+C during b would leave it
+    (out / "b.json").write_text(json.dumps(interrupted))
+    kept = (out / "a.json").read_bytes()
+    again = subprocess.run(pytest_argv(started, ssh_config, "--resume"), cwd=ctl, capture_output=True, text=True,
+                           timeout=240)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    assert "2 passed" in again.stdout and "[2 items]" in again.stdout  # only b's tests, on whichever host
+    assert (out / "a.json").read_bytes() == kept  # the complete config was not touched
+    rerun = json.loads((out / "b.json").read_text())
+    assert rerun["status"] == "complete" and rerun["timestamp"] >= interrupted["timestamp"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and len(manifest["resumes"]) == 1
+    assert manifest["resumes"][0]["configs"] == ["b"]
