@@ -197,6 +197,11 @@ class GridSession:
         store.update_config(name, lost, config=cfg.to_dict())
 
     @property
+    def _workerinput(self) -> dict[str, Any]:
+        """What the xdist controller sent this worker ({} outside xdist)."""
+        return getattr(self.pytest_config, "workerinput", {})
+
+    @property
     def worker_index(self) -> int:
         """0 without xdist; N for worker gwN."""
         return placement.worker_index(self._workerinput.get("workerid", "gw0"))
@@ -205,11 +210,6 @@ class GridSession:
         """This worker's GPUs (--vllm-gpus-per-config K): a disjoint slice of the visible devices."""
         try:
             return placement.gpu_set(self.pytest_config.getoption("vllm_gpus_per_config"),
-    @property
-    def _workerinput(self) -> dict[str, Any]:
-        """What the xdist controller sent this worker ({} outside xdist)."""
-        return getattr(self.pytest_config, "workerinput", {})
-
                                      self._workerinput.get("vllm_local_index", self.worker_index))  # per host
         except PlacementError as exc:
             raise pytest.UsageError(str(exc)) from None
