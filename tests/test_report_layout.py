@@ -34,7 +34,9 @@ window.addEventListener('load', function () {
     scrollWidth: document.documentElement.scrollWidth, recommendation: box(document.getElementById('recommendation')),
     ranking: box(wrap), rankingTable: box(wrap.querySelector('table')),
     firstPlot: box(document.querySelector('figure img')),
-    anomalyLines: document.querySelectorAll('#anomalies > li').length};
+    anomalyLines: document.querySelectorAll('#anomalies > li').length,
+    navTargets: Array.prototype.map.call(document.querySelectorAll('p.nav a'), function (a) {
+      var el = document.querySelector(a.getAttribute('href')); return el ? el.getBoundingClientRect().top + window.scrollY : -1; })};
   wrap.scrollLeft = 300;
   out.scrolled = wrap.scrollLeft;
   out.stickyLeft = cell.getBoundingClientRect().left - wrap.getBoundingClientRect().left;
@@ -109,6 +111,7 @@ def test_at_1400_px_recommendation_ranking_and_plots_come_first_and_nothing_scro
     assert box["scrollWidth"] <= 1400 and box["rankingTable"]["width"] <= box["ranking"]["width"] <= 1400
     assert box["recommendation"]["top"] < box["ranking"]["top"] < box["firstPlot"]["top"]
     assert box["firstPlot"]["top"] < 1.5 * box["height"]
+    assert len(box["navTargets"]) == 4 and box["firstPlot"]["top"] < min(box["navTargets"])  # links below the plots
 
 
 def test_at_a_phone_width_the_page_fits_and_the_config_column_stays_while_the_table_scrolls(

@@ -40,6 +40,7 @@ STYLE_RULES: list[tuple[str, str]] = [
                               "box-shadow:2px 0 0 #ccc"),
     ("table.ranking th.sticky", "background:#f3f3f3"),
     (".params", "color:#555;font-size:.85em"),
+    ("p.nav", "font-size:.85em;color:#555"),
     (".ci", "color:#555;font-size:.85em"),
     ("p.rec", "font-size:1.05em;line-height:1.4"),
     ("details.anomaly summary", "cursor:pointer"),
@@ -179,10 +180,12 @@ def anomalies_html(report: Report) -> str:
 
 def conclusions_html(report: Report) -> str:
     """Use cases, the deployment checklist, trade-offs and failures (the recommendation comes first, alone)."""
-    parts = [markdown_fragment_html("\n".join(use_case_section(report)))]
+    cases = use_case_section(report)
+    parts = [f'<section id="use-cases">{markdown_fragment_html(chr(10).join(cases))}</section>' if cases else ""]
     if report.tradeoffs:
-        parts.append("<h2>Trade-offs</h2><ul>" + "".join(f"<li>{esc(t)}</li>" for t in report.tradeoffs) + "</ul>")
-    parts.append(anomalies_html(report))
+        parts.append('<h2 id="trade-offs">Trade-offs</h2><ul>' + "".join(f"<li>{esc(t)}</li>" for t in report.tradeoffs)
+                     + "</ul>")
+    parts.append(f'<section id="failures">{anomalies_html(report)}</section>')
     return "\n".join(parts)
 
 
@@ -223,7 +226,7 @@ def metrics_table_html(metrics: Mapping[str, Metric]) -> str:
 
 def details_html(report: Report) -> str:
     """Per config: parameters and every metric, folded."""
-    parts = ["<h2>Details per config</h2>"]
+    parts = ['<h2 id="details">Details per config</h2>']
     for row in report.configs:
         params = " ".join(f"{k}={v}" for k, v in row.params.items()) or "(vLLM defaults)"
         parts.append(f"<details><summary><strong>{esc(row.name)}</strong> — {esc(row.status)}</summary>"
@@ -245,11 +248,16 @@ def run_info_html(report: Report) -> str:
     return markdown_fragment_html(header.split("\n", 1)[1])
 
 
+NAV = ('<p class="nav">Below the plots: <a href="#use-cases">use cases and deployment checklist</a> · '
+       '<a href="#trade-offs">trade-offs</a> · <a href="#failures">failures and anomalies</a> · '
+       '<a href="#details">details per config</a></p>')
+
+
 def render_html(report: Report, results: Mapping[str, ConfigResult],
                 gate: GateRecord | None = None) -> str:
     """The whole report as one self-contained HTML page: recommendation, ranking and plots first; run facts folded."""
     body = [
-        "<h1>vLLM grid comparative report</h1>", recommendation_html(report),
+        "<h1>vLLM grid comparative report</h1>", NAV, recommendation_html(report),
         "<h2>Ranking</h2>", ranking_html(report),
         plots_html(report, results), conclusions_html(report),
         gate_html(gate.verdicts, gate.compared_with) if gate else "",
