@@ -191,6 +191,16 @@ def test_with_the_baseline_failed_a_significantly_slower_pick_is_called_worse(tm
            "figures are partial)" in text
 
 
+def test_a_baseline_without_the_primary_figure_is_no_comparison_rather_than_not_significant(tmp_path: Path) -> None:
+    store = store_run(tmp_path / "run", {"base": {"ttft[short]": throughput_measurement(latencies(800.0, 1))},
+                                         "a": {"kv_cache": kv(24.0, (2.4, 2.3, 2.5), 2)},
+                                         "b": {"kv_cache": kv(30.0, (2.0, 1.9, 2.1), 3)}}, baseline="base")
+    text = build_report(store, primary="kv_cache.ttft_hit_ms").recommendation
+    assert "not statistically significant" not in text and "no baseline value to compare" not in text
+    assert text.startswith("a ranks first on kv_cache.ttft_hit_ms (") and \
+        "but the baseline base has no valid kv_cache.ttft_hit_ms figure to compare it with: measure" in text
+
+
 def test_with_the_baseline_failed_trade_offs_list_a_worse_acceleration(tmp_path: Path) -> None:
     report = build_report(failed_baseline_run(tmp_path), primary="kv_cache.ttft_hit_ms")
     [line] = [t for t in report.tradeoffs if t.startswith("kv_cache.acceleration")]

@@ -507,6 +507,11 @@ def _verdict_sentence(report: Report) -> str:
         return f"Deploy {opt.name}: best {primary} at {_fmt(opt.value)} {opt.unit}, {change_text}.{left}"
     side = ci_side(ci, report.primary_better)
     base = baseline_state(report)
+    mine = next((r.metrics.get(primary or "") for r in report.configs if r.name == opt.name), None)
+    if mine is not None and mine.vs_baseline_pct is None and mine.vs_baseline_pts is None:
+        return (f"{opt.name} ranks first on {primary} ({_fmt(opt.value)} {opt.unit}), but the baseline "
+                f"{report.baseline} has no valid {primary} figure to compare it with{base}: measure the baseline "
+                f"again before deploying it.{left}")
     if side == "worse":
         return (f"{opt.name} ranks first among the ranked configs on {primary} ({_fmt(opt.value)} {opt.unit}), "
                 f"but it is significantly worse than the baseline {report.baseline}: {change_text}{base}; "
