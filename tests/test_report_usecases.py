@@ -230,3 +230,38 @@ def test_the_terminal_table_prints_full_status_words_and_readable_metric_names(t
     data = json.loads(write_reports(store)["json"].read_text())
     assert {c["key"] for c in data["use_cases"]} >= {"conversational", "long_reasoning", "tool_calling",
                                                      "generic_production"}
+
+
+UP = "def test_up(vllm_endpoint):\n    assert vllm_endpoint.base_url\n"
+
+
+def run_grid(pytester: pytest.Pytester, write_grid, thresholds: str) -> pytest.RunResult:
+    from conftest import fake_grid
+
+    pytester.makepyfile(test_up=UP)
+    (pytester.path / "thresholds.yaml").write_text(thresholds)
+    grid = write_grid(fake_grid([{"name": "base"}]))
+    return pytester.runpytest_subprocess("--grid", str(grid), "--vllm-thresholds", "thresholds.yaml",
+                                         "--results-dir", "out", "-p", "no:cacheprovider", timeout=90)
+
+
+@pytest.mark.timeout(120)
+def test_a_run_records_the_thresholds_profile_and_its_report_weighs_by_it(pytester: pytest.Pytester,
+                                                                           write_grid) -> None:
+    result = run_grid(pytester, write_grid, "profiles:\n  generic_production: {ttft.ttft_ms: 2}\n")
+    result.assert_outcomes(passed=1)
+    manifest = json.loads((pytester.path / "out" / "manifest.json").read_text())
+    assert manifest["profiles"] == {"generic_production": {"ttft.ttft_ms": 2.0}}
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    generic = next(c for c in report["use_cases"] if c["key"] == "generic_production")
+    assert generic["weights"] == {"ttft.ttft_ms": 2.0} and "profiles.generic_production" in generic["note"]
+
+
+@pytest.mark.timeout(120)
+def test_a_misspelt_profile_metric_stops_the_run_before_anything_deploys(pytester: pytest.Pytester,
+                                                                          write_grid) -> None:
+    result = run_grid(pytester, write_grid, "profiles:\n  generic_production: {ttft.ttft_msec: 1}\n")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert "profiles.generic_production: metric 'ttft.ttft_msec': ttft has no metric 'ttft_msec'" in err
+    assert "did you mean" in err and "Traceback" not in err and not (pytester.path / "out").exists()
