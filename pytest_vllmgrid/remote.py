@@ -24,7 +24,7 @@ SCRATCH = Path(".vllmgrid") / "scratch"
 SHIPPED = "vllmgrid_files"  # the user_properties / workeroutput key of shipped result files
 MAX_SHIPPED_CHARS = 1 << 20  # a longer file (a server log) ships its last MiB
 MANIFEST = "manifest.json"  # the controller's own: never shipped
-_SCRATCH_PATH = re.compile(r'[^"]*/\.vllmgrid/scratch/[^/"]+')  # a worker's scratch root, inside its JSON
+_SCRATCH_PATH = re.compile(r'[^"]*/\.vllmgrid/scratch/[^/"]+/[^/"]+')  # a worker's scratch root, inside its JSON
 
 
 # ---- --tx specs -------------------------------------------------------------------------------------
@@ -62,6 +62,13 @@ def tx_problem(text: str) -> str | None:
     if spec.ssh_config and not Path(spec.ssh_config).expanduser().is_file():
         return f"--tx {text!r}: ssh_config {spec.ssh_config} does not exist"
     return None
+
+
+def any_remote(tx: Iterable[str] | None) -> bool:
+    """Some --tx spec starts a worker on another host."""
+    import execnet
+
+    return any(is_remote(execnet.XSpec(text)) for text in expand_tx(tx or []))
 
 
 def is_remote(spec: Any) -> bool:
@@ -144,9 +151,10 @@ def host_reachable(spec: Any, timeout_s: float = 15.0) -> str | None:
 
 # ---- results on a remote worker -------------------------------------------------------------------------
 
-def scratch_dir(cwd: Path, run_uid: str) -> Path:
-    """Where a remote worker keeps this run's results until they are shipped (under its own working directory)."""
-    return Path(cwd) / SCRATCH / run_uid
+def scratch_dir(cwd: Path, run_uid: str, worker: str) -> Path:
+    """Where a remote worker keeps this run's results until they are shipped (under its own working directory; one
+    per worker: two workers of a host may share a chdir)."""
+    return Path(cwd) / SCRATCH / run_uid / worker
 
 
 @dataclass
@@ -180,6 +188,10 @@ class Shipment:
     def discard(self) -> None:
         """The worker's scratch copy, once everything is shipped."""
         shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            self.root.parent.rmdir()  # the run's directory, once its host's last worker is done
+        except OSError:
+            pass
 
 
 def receive(root: Path, files: dict[str, str]) -> list[str]:

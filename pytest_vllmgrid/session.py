@@ -102,7 +102,8 @@ class GridSession:
         self.thresholds()
         if self.pytest_config.getoption("vllm_resume"):
             self.results_path()
-        self.gpu_set()
+        if not remote.any_remote(getattr(self.pytest_config.option, "tx", None)):
+            self.gpu_set()  # remote workers' GPU sets are checked on their hosts (remote.host_preflight)
 
     def bench_settings(self) -> BenchSettings:
         """Benchmark settings: defaults < grid `benchmarks:` < --vllm-bench/--vllm-repetitions/--vllm-warmup."""
@@ -152,7 +153,7 @@ class GridSession:
     def _worker_results_dir(self) -> str | None:
         """A local worker writes into the controller's directory; a remote one into its scratch, shipped back."""
         if self._workerinput.get("vllm_ship_results"):
-            scratch = remote.scratch_dir(Path.cwd(), self._workerinput["testrunuid"])
+            scratch = remote.scratch_dir(Path.cwd(), self._workerinput["testrunuid"], self._workerinput["workerid"])
             self.shipment = remote.Shipment(scratch)
             return str(scratch)
         return self._workerinput.get("vllm_results_dir")

@@ -287,3 +287,62 @@ def test_resume_on_the_controllers_directory_reruns_only_the_unfinished_config(h
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and len(manifest["resumes"]) == 1
     assert manifest["resumes"][0]["configs"] == ["b"]
+
+
+def test_gpu_sets_are_sliced_per_host_not_by_global_worker_number(hosts, tmp_path):
+    """Two workers on each host, 2 GPUs per config out of each host's 4: gw2 and gw3 are that host's workers 0
+    and 1 (devices 0,1 and 2,3); sliced by the global number they would ask for devices 4..7 and fail."""
+    started, ssh_config = hosts
+    ctl = controller(tmp_path, started, fake_host_grid(["a", "b", "c", "d"]))
+    argv = [sys.executable, "-m", "pytest", "test_x.py", "--grid", "grid.json", "--results-dir", "out",
+            "-p", "no:cacheprovider", "--vllm-gpus-per-config", "2", "--timeout", "150"]
+    for host in started:
+        argv += ["--tx", f"2*ssh={host.alias}//ssh_config={ssh_config}//python={host.venv / 'bin' / 'python'}"
+                         f"//chdir={host.workdir}//env:CUDA_VISIBLE_DEVICES=0,1,2,3"]
+    proc = subprocess.run(argv, cwd=ctl, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    placed = {}
+    for name in "abcd":
+        result = json.loads((ctl / "out" / f"{name}.json").read_text())
+        deployment = result["deployment"]
+        assert result["status"] == "complete" and "xdist_host" in deployment, (name, result, proc.stdout[-3000:])
+        placed[name] = (deployment["xdist_host"], deployment["worker"], ",".join(deployment["gpu_devices"]))
+    assert {gpus for _, _, gpus in placed.values()} <= {"0,1", "2,3"}
+    by_worker = {(host, worker): gpus for host, worker, gpus in placed.values()}
+    for host in ("hostA", "hostB"):  # a host's two workers got disjoint halves of its devices
+        sets = [gpus for (h, _), gpus in by_worker.items() if h == host]
+        assert len(sets) == len(set(sets)), placed
+    assert any(worker in ("gw2", "gw3") for _, worker, _ in placed.values()), placed
+
+
+def test_a_shipped_file_outside_the_results_directory_is_refused_and_changed_files_ship_once(tmp_path):
+    from pytest_vllmgrid import remote
+
+    scratch = tmp_path / "scratch"
+    (scratch / "a").mkdir(parents=True)
+    (scratch / "a.json").write_text('{"deployment": {"log_path": "/h/work/.vllmgrid/scratch/uid1/gw0/a/server.log"}}')
+    (scratch / "a" / "server.log").write_text("x" * (remote.MAX_SHIPPED_CHARS + 10))
+    (scratch / "manifest.json").write_text("{}")
+    shipment = remote.Shipment(scratch)
+    first = shipment.changed()
+    assert sorted(first) == ["a.json", "a/server.log"]  # never the worker's manifest
+    assert len(first["a/server.log"]) == remote.MAX_SHIPPED_CHARS  # a long log ships its tail
+    assert shipment.changed() == {}  # unchanged files are not shipped again
+    out = tmp_path / "out"
+    remote.receive(out, first)
+    assert json.loads((out / "a.json").read_text())["deployment"]["log_path"] == f"{out.resolve()}/a/server.log"
+    for bad in ("../escape.json", "/abs.json", "manifest.json"):
+        with pytest.raises(ValueError, match="outside the results directory"):
+            remote.receive(out, {bad: "{}"})
+    assert not (tmp_path / "escape.json").exists()
+
+
+def test_paths_on_the_command_line_reach_remote_workers_as_given(tmp_path):
+    from pytest_vllmgrid import remote
+
+    (tmp_path / "g.yaml").write_text("")
+    (tmp_path / "benchmarks").mkdir()
+    exists = lambda p: (tmp_path / p).exists()  # noqa: E731
+    args = ["benchmarks", "--grid", "g.yaml", "-k", "short", "--results-dir=out", "-c", "g.yaml"]
+    assert remote.worker_args(args, ["benchmarks"], exists) == (
+        ["--grid=g.yaml", "-k", "short", "--results-dir=out", "-cg.yaml"], ["benchmarks"])
