@@ -55,6 +55,10 @@ _OPTIONS: list[tuple[list[str], str, str, dict]] = [
     (["--vllm-replicas"], "vllm_replicas", "deploy every config N times, interleaved in time (a, b, a~2, b~2): "
      "the report measures the noise between deployments of the same flags and counts a difference between "
      "configs as significant only beyond it", {"type": int}),
+    (["--vllm-noise-from"], "vllm_noise_from", "stored results directory (repeatable or comma-separated) of a run "
+     "with twins (an A/A grid such as configs/aa-cpu.yaml, or --vllm-replicas 2): its between-deployment noise "
+     "stands for this run's when this run has no twins, so a difference counts as significant only beyond it",
+     {"action": "append"}),
     (["--vllm-bench"], "vllm_bench", "benchmark setting KEY=VALUE (repeatable), e.g. prefix_tokens=2048",
      {"action": "append"}),
     (["--vllm-thresholds"], "vllm_thresholds", "thresholds file (YAML/JSON); default: the grid's `thresholds:`", {}),

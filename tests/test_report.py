@@ -385,3 +385,31 @@ def test_twin_deployments_measure_the_noise_that_a_difference_must_exceed(tmp_pa
     assert b_row.metrics["kv_cache.ttft_hit_ms"].vs_baseline_ci_pct[1] < 0  # beats the baseline on requests...
     assert report.optimal.significant_vs_baseline is False  # ...but not beyond two deployments' spread
     assert "## Between-deployment noise" in write_reports(store)["markdown"].read_text()
+
+
+def test_a_run_without_twins_judges_beyond_the_noise_a_stored_a_a_run_measured(tmp_path: Path) -> None:
+    twins = kv_run(tmp_path / "aa", {"base": 60.0, "base~2": 55.0})
+    twins.update_config("base~2", lambda r: setattr(r, "config_hash", "hash-base"))
+    store = kv_run(tmp_path / "new", {"base": 60.0, "b": 52.0})
+    alone = build_report(store)
+    assert alone.noise == [] and alone.optimal.significant_vs_baseline is True  # request-level noise only
+    store.update_manifest(noise_from=[str(twins.root)])  # what --vllm-noise-from writes
+    report = build_report(store)
+    [noise] = [n for n in report.noise if n.metric == "kv_cache.ttft_hit_ms"]
+    assert noise.source == str(twins.root) and noise.pairs[0].endswith("(run)") and 5.0 < noise.spread_pct < 30.0
+    assert report.optimal.significant_vs_baseline is False
+    markdown = write_reports(store)["markdown"].read_text()
+    assert f"taken from the stored run(s) given with --vllm-noise-from: {twins.root}" in markdown
+
+
+def test_noise_reference_dirs_are_checked_before_use(tmp_path: Path) -> None:
+    from pytest_vllmgrid.report.model import noise_reference_dirs
+
+    with pytest.raises(ValueError, match=r"^--vllm-noise-from .*nowhere: not a results directory"):
+        noise_reference_dirs([str(tmp_path / "nowhere")])
+    plain = kv_run(tmp_path / "plain", {"base": 60.0, "b": 52.0})
+    with pytest.raises(ValueError, match="no two deployments of identical flags measured the same figure there"):
+        noise_reference_dirs([str(plain.root)])
+    twins = kv_run(tmp_path / "aa", {"base": 60.0, "base~2": 55.0})
+    twins.update_config("base~2", lambda r: setattr(r, "config_hash", "hash-base"))
+    assert noise_reference_dirs([f"{twins.root},{twins.root}"]) == [str(twins.root)] * 2

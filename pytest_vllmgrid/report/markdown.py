@@ -180,6 +180,10 @@ def render_markdown(report: Report) -> str:
         out += ["", "Each warning in full: Details per config below (and report.json's `anomalies`)."]
     out += ["", "## Between-deployment noise", ""]
     if report.noise:
+        sources = sorted({n.source for n in report.noise if n.source})
+        if sources:
+            out += [f"Not measured in this run; taken from the stored run(s) given with --vllm-noise-from: "
+                    f"{', '.join(sources)}.", ""]
         out += ["Two deployments of the same flags differ by this much; a difference between configs counts as "
                 "significant only beyond it.", "", "| Metric | identical deployments | largest spread |", "|---|---|---|"]
         out += [f"| {n.metric} | {', '.join(n.pairs)} | {n.spread_pct:.1f} "
@@ -187,7 +191,8 @@ def render_markdown(report: Report) -> str:
                 if n.metric in report.columns or n.metric.endswith("ttft_ms")]
     else:
         out.append("Not measured in this run: differences between configs are judged on request-to-request noise "
-                   "only. Measure it with `--vllm-replicas 2` or an A/A grid (configs/aa-cpu.yaml).")
+                   "only. Measure it with `--vllm-replicas 2` or an A/A grid (configs/aa-cpu.yaml), or reuse such a "
+                   "run's with `--vllm-noise-from DIR`.")
     out += ["", "## Details per config", ""]
     for row in report.configs:
         out.append(f"### {row.name}")

@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from pytest_vllmgrid.grid import Grid
@@ -166,6 +169,7 @@ class NoiseEstimate(_ReportModel):
     pairs: list[str]  # "a vs a~2" for each pair of identical deployments that measured it
     spread_pct: float  # the largest |change| between two identical deployments, in % (points for a %)
     unit: str = ""
+    source: str | None = None  # None: measured in this run; else the stored run(s) it comes from (--vllm-noise-from)
 
 
 class Report(_ReportModel):
@@ -201,7 +205,8 @@ class Report(_ReportModel):
         return _dump_without_none(self, handler, ("extensions",))
 
 
-def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | None = None) -> Report:
+def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | None = None, *,
+                 stored_noise_ok: bool = True) -> Report:
     """Rank configs by the primary metric, add CIs and % vs baseline, failures and a recommendation."""
     manifest = store.manifest()
     results = store.all_configs()
@@ -218,6 +223,8 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
     primary_column = columns.get(primary) if primary else None
     every = {name: Column(unit=m.unit, better=m.better) for row in rows for name, m in row.metrics.items()}
     noise = between_deployment_noise(rows, {name: results[name].config_hash for name in results}, every)
+    if not noise and manifest.noise_from and stored_noise_ok:
+        noise = stored_noise(manifest.noise_from)
     ranked = _rank(rows, primary, primary_column.better if primary_column else None)
     measured = {r.name: r.machine() for r in rows if r.metrics}  # in run order
     report = Report(
@@ -423,6 +430,37 @@ def between_deployment_noise(rows: list[ConfigRow], hashes: dict[str, str | None
         if spreads:
             out.append(NoiseEstimate(metric=name, pairs=pairs, spread_pct=max(spreads), unit=column.unit))
     return out
+
+
+def stored_noise(run_dirs: Sequence[str]) -> list[NoiseEstimate]:
+    """Between-deployment noise measured by stored runs (an A/A grid's twins, --vllm-replicas' copies), for a run
+    that has no twins of its own: per metric the largest spread any of them saw, with where it comes from."""
+    merged: dict[str, NoiseEstimate] = {}
+    for run_dir in run_dirs:
+        for est in build_report(ResultsStore(Path(run_dir)), stored_noise_ok=False).noise:
+            pairs = [f"{pair} ({Path(run_dir).name})" for pair in est.pairs]
+            have = merged.get(est.metric)
+            if have is None:
+                merged[est.metric] = est.model_copy(update={"pairs": pairs, "source": str(run_dir)})
+                continue
+            have.pairs += pairs
+            have.source = f"{have.source}, {run_dir}"
+            have.spread_pct = max(have.spread_pct, est.spread_pct)
+    return list(merged.values())
+
+
+def noise_reference_dirs(values: Sequence[str] | None) -> list[str]:
+    """--vllm-noise-from's directories, checked before anything deploys: each must be a stored run with two
+    deployments of identical flags (ValueError, one line, otherwise)."""
+    dirs = [part for value in values or () for part in str(value).split(",") if part]
+    for run_dir in dirs:
+        store = ResultsStore(Path(run_dir))
+        if not store.root.is_dir() or not store.all_configs():
+            raise ValueError(f"--vllm-noise-from {run_dir}: not a results directory with config results")
+        if not build_report(store, stored_noise_ok=False).noise:
+            raise ValueError(f"--vllm-noise-from {run_dir}: no two deployments of identical flags measured the same "
+                             "figure there (run an A/A grid such as configs/aa-cpu.yaml, or --vllm-replicas 2)")
+    return dirs
 
 
 def noise_pct(report: Report, metric: str | None) -> float:

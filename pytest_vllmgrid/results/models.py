@@ -470,5 +470,6 @@ class RunManifest(BaseModel):
     argv: list[str] = Field(default_factory=list)
     goal: list[str] = Field(default_factory=list)  # the thresholds file's goal metrics (the report judges them)
     profiles: dict[str, dict[str, float]] = Field(default_factory=dict)  # the thresholds file's use-case weights
+    noise_from: list[str] = Field(default_factory=list)  # --vllm-noise-from: stored runs that measured the noise
     regression_gate: GateRecord | None = None
     resumes: list[ResumeRecord] = Field(default_factory=list)  # each --resume of the run, in order
