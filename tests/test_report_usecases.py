@@ -107,6 +107,16 @@ def test_a_use_case_resting_on_a_test_that_was_not_conclusive_says_to_validate(u
     assert " — to validate: long_conversation not conclusive: " in case.line()
 
 
+def test_a_tool_calling_pick_below_the_success_floor_is_still_to_validate(tmp_path: Path) -> None:
+    # the recorded H200 run's case: every config's tool calls mostly fail; the best is named, never as deployable
+    configs = {name: {"tool_calling[weather]": tools(success, 400.0, seed)}
+               for name, success, seed in (("base", 0.0, 1), ("b", 8.33, 2))}
+    case = cases(build_report(store_run(tmp_path / "run", configs, baseline="base")))["tool_calling"]
+    assert case.config == "b"
+    assert case.to_validate == ["tool_calling.success_rate_pct below 80.0 % on 1 of 1 tests (lowest 8.33): the best "
+                                "measured is not good enough"]
+
+
 def test_invalid_figures_never_recommend_and_none_valid_says_to_validate(tmp_path: Path) -> None:
     store = store_run(tmp_path / "run", {"base": {"reasoning": reasoning(100.0, 300.0, 1, valid=False)},
                                          "fast": {"reasoning": reasoning(150.0, 200.0, 2, valid=False)}})

@@ -29,14 +29,16 @@ class Criterion:
     pattern: str
     weight: float = 1.0
     better: str | None = None  # overrides the metric's own direction (a hit rate is stored without one)
+    floor: float | None = None  # below it the pick is still "to validate", however it ranks (no bound needed)
 
 
+TOOL_SUCCESS_FLOOR_PCT = 80.0  # an agent whose calls fail more than 1 in 5 is not deployable, whatever ranks first
 USE_CASES: list[tuple[str, str, list[Criterion]]] = [
     ("conversational", "Conversational agents", [
         Criterion("long_conversation.ttft_ms"), Criterion("long_conversation.server_hit_rate_pct", 1.0, HIGHER),
         Criterion("long_conversation.last_turns_ttft_ms", 0.0)]),
     ("long_reasoning", "Long reasoning", [Criterion("reasoning.decode_tok_s"), Criterion("reasoning.answer_ttft_ms")]),
-    ("tool_calling", "Tool calling", [Criterion("tool_calling.success_rate_pct", 2.0, HIGHER),
+    ("tool_calling", "Tool calling", [Criterion("tool_calling.success_rate_pct", 2.0, HIGHER, TOOL_SUCCESS_FLOOR_PCT),
                                       Criterion("tool_calling.e2e_ms")]),
 ]
 DEFAULT_GENERIC = {"throughput.output_tok_s": 1.0, "ttft.ttft_ms": 1.0}  # plus the run's primary metric
@@ -156,6 +158,14 @@ def choose(key: str, title: str, criteria: list[Criterion], rows: Sequence[_Row]
         if keys:
             case.figures.append(_figure_text(c.pattern, [best.metrics[k] for k in keys]))
     case.to_validate = _to_validate(best, [k for c in criteria for k in _keys(best, c.pattern)])
+    for c in criteria:
+        low = [k for k in _keys(best, c.pattern) if c.floor is not None
+               and (v := best.metrics[k].point()) is not None and v < c.floor]
+        if low:
+            worst = min(best.metrics[k].point() or 0.0 for k in low)
+            case.to_validate.append(f"{c.pattern} below {_fmt(c.floor)} {best.metrics[low[0]].unit} on {len(low)} of "
+                                    f"{len(_keys(best, c.pattern))} tests (lowest {_fmt(worst)}): the best measured "
+                                    "is not good enough")
     return case
 
 
