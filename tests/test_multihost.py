@@ -251,6 +251,7 @@ def test_real_vllm_two_configs_one_host_vs_two(hosts, tmp_path):
         start = time.monotonic()
         proc = subprocess.run(argv, cwd=ctl, capture_output=True, text=True, timeout=1200)
         times[label] = round(time.monotonic() - start, 1)
+        (tmp_path / f"{label.replace(' ', '-')}.log").write_text(proc.stdout + proc.stderr)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
         results = {n: json.loads((ctl / "out" / f"{n}.json").read_text()) for n in ("baseline", "prefix_caching")}
         assert all(r["status"] == "complete" for r in results.values())
