@@ -146,6 +146,15 @@ def run_at_once(vllm_bench: BenchContext, send: Callable[[ChatClient, int], Awai
     return vllm_bench.run(main)
 
 
+def outcome_of(record: RequestRecord) -> str:
+    """A structured answer's outcome (correctness.SCHEMA_OUTCOMES), "truncated" for an unfinished document cut
+    by max_tokens (the model's length, not the server breaking the schema), or "http_error"."""
+    if not record.ok:
+        return "http_error"
+    outcome = schema_outcome(record.output_text or record.reasoning_text, STRUCTURED_SCHEMA)
+    return "truncated" if outcome != "valid" and record.finish_reason == "length" else outcome
+
+
 def test_structured_output(vllm_bench: BenchContext) -> None:
     """`structured_requests` streamed requests with a response_format JSON schema, correctness_concurrency in
     flight; each answer validated against the schema."""
@@ -153,8 +162,8 @@ def test_structured_output(vllm_bench: BenchContext) -> None:
     prompts = structured_prompts(s.structured_requests)
     extra: dict[str, Any] = {"response_format": {"type": "json_schema", "json_schema": {
         "name": "forecast", "schema": STRUCTURED_SCHEMA, "strict": True}}}
-    if s.structured_disable_any_whitespace:
-        extra["structured_outputs"] = {"disable_any_whitespace": True}
+    if s.structured_disable_any_whitespace:  # vLLM 0.32 rejects structured_outputs beside response_format
+        extra = {"structured_outputs": {"json": STRUCTURED_SCHEMA, "disable_any_whitespace": True}}
     prefix = [{"role": "assistant", "content": s.structured_assistant_prefix}] if s.structured_assistant_prefix else []
     if prefix:
         extra.update(continue_final_message=True, add_generation_prompt=False)
@@ -166,25 +175,25 @@ def test_structured_output(vllm_bench: BenchContext) -> None:
     records, window = run_at_once(vllm_bench, send, len(prompts))
     # the JSON is the content; a reasoning parser that took it for reasoning is counted and named
     in_reasoning = sum(1 for r in records if r.ok and not r.output_text.strip() and r.reasoning_text.strip())
-    outcomes = Counter(schema_outcome(r.output_text or r.reasoning_text, STRUCTURED_SCHEMA) if r.ok else "http_error"
-                       for r in records)
+    outcomes = Counter(outcome_of(r) for r in records)
     m = Measurement(method=(
         f"{len(records)} streamed requests, {s.correctness_concurrency} in flight, after {s.warmup} discarded ones: "
-        f"response_format json_schema (strict; enums bound every field), temperature 0, max_tokens "
+        + ("vLLM structured_outputs json schema without free whitespace" if s.structured_disable_any_whitespace
+           else "response_format json_schema, strict") + " (enums bound every field), temperature 0, max_tokens "
         f"{s.structured_max_tokens}" + (f", answer started by {s.structured_assistant_prefix!r}" if prefix else "")
-        + (", no free whitespace" if s.structured_disable_any_whitespace else "")
-        + "; valid = the content parses as one JSON document that validates against the schema (jsonschema)"))
+        + "; valid = the content parses as one JSON document that validates against the schema (jsonschema); "
+        "truncated = not valid and cut by max_tokens"))
     add_request_samples(m, records, window, structured_output="response_format")
     rate, ci = percent_with_ci(outcomes["valid"], len(records))
     m.add_value("schema_valid_pct", rate, "%", HIGHER, ci=ci, n=len(records), method=WILSON_METHOD, headline=True)
-    for outcome in SCHEMA_OUTCOMES[1:]:
+    for outcome in (*SCHEMA_OUTCOMES[1:], "truncated"):
         m.add_value(outcome, outcomes[outcome], "requests", LOWER, n=len(records))
     if in_reasoning:
         m.warnings.append(f"{in_reasoning} of {len(records)} answers came as reasoning, not content (the server's "
                           "reasoning parser took the JSON for reasoning); validated as given")
     m.info.update(outcomes=dict(outcomes), answers_in_reasoning=in_reasoning,
                   finish_reasons=dict(Counter(str(r.finish_reason) for r in records)),
-                  examples=[{"outcome": schema_outcome(r.output_text or r.reasoning_text, STRUCTURED_SCHEMA),
+                  examples=[{"outcome": outcome_of(r),
                              "content": (r.output_text or r.reasoning_text)[:160]} for r in records[:3] if r.ok])
     vllm_bench.finish(m, window)
     assert sum(outcomes.values()) == len(records) == s.structured_requests, f"outcomes {dict(outcomes)}"

@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from conftest import REPO, fake_grid
+from pytest_vllmgrid.bench import build_settings
 from pytest_vllmgrid.correctness import (STRUCTURED_SCHEMA, agreement_validity, compare_outputs, compare_sequences,
                                          greedy_prompts, prompt_id, schema_outcome, structured_prompts,
                                          tool_calls_identical)
@@ -119,12 +120,22 @@ def test_the_report_section_names_the_config_that_changed_answers_and_where() ->
     assert correctness_markdown({"x": ConfigResult(config_name="x", timestamp="t")}) == ""
 
 
+def test_a_bad_correctness_setting_in_the_grid_is_named_with_its_field_and_what_is_allowed() -> None:
+    with pytest.raises(ValueError) as err:
+        build_settings({"correctness_prompts": 0}, {}, "grid.yaml")
+    assert str(err.value) == ("grid file grid.yaml field 'benchmarks.correctness_prompts': benchmark setting "
+                              "'correctness_prompts' = 0: Input should be greater than or equal to 1")
+    with pytest.raises(ValueError, match=r"unknown benchmark setting 'correctness_prompt' \(did you mean "
+                                         "correctness_prompts"):
+        build_settings({"correctness_prompt": 4}, {}, "grid.yaml")
+
+
 @pytest.mark.parametrize("path", ["configs/thresholds-cpu.yaml", "configs/thresholds.yaml",
                                   "pytest_vllmgrid/data/thresholds-cpu.yaml"])
 def test_the_shipped_thresholds_bound_the_correctness_figures(path: str) -> None:
     bounds = load_thresholds(REPO / path).spec.thresholds
-    assert {"greedy_outputs.mismatched_prompts", "structured_output.schema_valid_pct",
-            "tool_call_streaming.identical_pct"} <= set(bounds)
+    assert {"greedy_outputs.mismatched_prompts", "tool_call_streaming.identical_pct"} <= set(bounds)
+    assert {"structured_output.schema_valid_pct", "structured_output.invalid_json"} & set(bounds)
 
 
 # --- the benchmark against the fake vLLM -------------------------------------------------------------------------
