@@ -17,8 +17,9 @@ def _figure(test: TestResult | None, name: str) -> Metric | None:
     return test.metric(name) if test is not None else None
 
 
-def _rate(test: TestResult | None, name: str) -> str:
-    """`91.7 % [64.6–98.5] (11/12)`, with the figure's validity when it is not valid; '–' when not measured."""
+def _rate(test: TestResult | None, name: str, *, counted: bool = True) -> str:
+    """`91.7 % [64.6–98.5] (11/12)` (the count for a proportion: `counted`), with the figure's validity when it is
+    not valid; '–' when not measured."""
     metric = _figure(test, name)
     if metric is None:
         return "–"
@@ -27,7 +28,7 @@ def _rate(test: TestResult | None, name: str) -> str:
     text = f"{fmt_number(metric.value)} %"
     if metric.ci is not None and metric.ci[0] != metric.ci[1]:
         text += f" [{fmt_number(metric.ci[0])}–{fmt_number(metric.ci[1])}]"
-    if metric.n:
+    if metric.n and counted:
         text += f" ({round(metric.value * metric.n / 100)}/{metric.n})"
     if metric.validity != "valid":
         text += f" {metric.validity.upper()}: {metric.validity_reason}"
@@ -63,7 +64,7 @@ def correctness_markdown(results: Mapping[str, ConfigResult]) -> str:
         greedy, structured, tools = (result.tests.get(key) for key in (GREEDY, STRUCTURED, TOOLS))
         if greedy is None and structured is None and tools is None:
             continue
-        rows.append([name, _rate(greedy, "exact_match_pct"), _rate(greedy, "token_agreement_pct"),
+        rows.append([name, _rate(greedy, "exact_match_pct"), _rate(greedy, "token_agreement_pct", counted=False),
                      _divergence(greedy), _rate(greedy, "repeat_match_pct"), _rate(structured, "schema_valid_pct"),
                      _rate(tools, "identical_pct")])
         changed += [line for line in [_changed(name, greedy)] if line]
