@@ -186,7 +186,9 @@ def test_a_rate_search_on_the_queueing_server_lands_under_its_service_limit() ->
                                          upper=256.0, growth=2.0, tolerance_pct=30.0, max_probes=6, budget_s=60)
         result = run_event_loop(main(), use_uvloop=False)
     assert result.lo is not None and result.hi is not None, [p.summary() for p in result.probes]
-    assert 1.0 <= result.lo.load < 9.3 and result.hi.load > result.lo.load  # under 1 / service time
+    # A 1.8 s probe over the service limit mu only builds a backlog of (rate - mu) x 1.8 s requests, so a load up to
+    # about mu x (1 + TTFT bound / probe length) = 9.3 x (1 + 1 / 1.8) ~ 14.5 req/s can still pass (seen: 11.3)
+    assert 1.0 <= result.lo.load < 14.5 and result.hi.load > result.lo.load
     m = capacity_measurement(result, SLOW_SLO, name="capacity_rate", unit="req/s", what="Poisson rate", method="m")
     test = TestResult(measurement=m)
     assess(test)
