@@ -275,3 +275,16 @@ def test_a_misspelt_profile_metric_stops_the_run_before_anything_deploys(pyteste
     err = result.stderr.str()
     assert "profiles.generic_production: metric 'ttft.ttft_msec': ttft has no metric 'ttft_msec'" in err
     assert "did you mean" in err and "Traceback" not in err and not (pytester.path / "out").exists()
+
+
+def test_a_trade_off_on_a_percentage_is_in_points(tmp_path: Path) -> None:
+    def stability(pct: float) -> Measurement:
+        m = Measurement(method="synthetic")
+        m.add_value("degradation_pct", pct, "%", LOWER, headline=True, ci=(pct - 5, pct + 5))
+        return m
+
+    configs = {"base": {"kv_cache": kv(60.0, (1.0, 0.97, 1.03), 1), "stability": stability(-2.99)},
+               "fast": {"kv_cache": kv(15.0, (4.0, 3.6, 4.4), 2), "stability": stability(3.05)}}
+    report = build_report(store_run(tmp_path / "run", configs, baseline="base"))
+    [line] = [t for t in report.tradeoffs if t.startswith("stability.degradation_pct")]
+    assert line == "stability.degradation_pct: best is base (-2.99 %); fast is +6.0 pts from it"  # was -202.0%

@@ -484,7 +484,10 @@ def _tradeoffs(report: Report) -> list[str]:
         best_value, best = (max if col.better == HIGHER else min)(scored)
         if optimal and best != optimal.name:
             mine = next((v for v, n in scored if n == optimal.name), None)
-            if mine is not None and best_value:
+            if mine is not None and col.unit in PERCENT_UNITS:  # a percentage moves in points
+                lines.append(f"{name}: best is {best} ({_fmt(best_value)} {col.unit}); "
+                             f"{optimal.name} is {mine - best_value:+.1f} pts from it")
+            elif mine is not None and best_value:
                 gap = (mine / best_value - 1) * 100
                 lines.append(f"{name}: best is {best} ({_fmt(best_value)} {col.unit}); "
                              f"{optimal.name} is {gap:+.1f}% from it")
