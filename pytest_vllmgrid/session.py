@@ -68,6 +68,7 @@ class GridSession:
         self._results_path: Path | None = None
         self._bench: BenchSettings | None = None
         self._thresholds: Thresholds | None = None
+        self._noise_from: list[str] | None = None
         self.progress: Progress | None = None
         self.goal_met_by: str | None = None
         self.regression_gate: RegressionGate | None = None  # --vllm-compare (set by plugin.pytest_configure)
@@ -108,11 +109,13 @@ class GridSession:
         self.noise_from()
 
     def noise_from(self) -> list[str]:
-        """--vllm-noise-from's stored runs, each checked to hold twins (UsageError otherwise)."""
-        try:
-            return noise_reference_dirs(self.pytest_config.getoption("vllm_noise_from"))
-        except ValueError as exc:
-            raise pytest.UsageError(str(exc)) from None
+        """--vllm-noise-from's stored runs, each checked (once) to hold twins (UsageError otherwise)."""
+        if self._noise_from is None:
+            try:
+                self._noise_from = noise_reference_dirs(self.pytest_config.getoption("vllm_noise_from"))
+            except ValueError as exc:
+                raise pytest.UsageError(str(exc)) from None
+        return self._noise_from
 
     def bench_settings(self) -> BenchSettings:
         """Benchmark settings: defaults < grid `benchmarks:` < --vllm-bench/--vllm-repetitions/--vllm-warmup."""

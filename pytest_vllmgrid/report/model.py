@@ -205,8 +205,7 @@ class Report(_ReportModel):
         return _dump_without_none(self, handler, ("extensions",))
 
 
-def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | None = None, *,
-                 stored_noise_ok: bool = True) -> Report:
+def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | None = None) -> Report:
     """Rank configs by the primary metric, add CIs and % vs baseline, failures and a recommendation."""
     manifest = store.manifest()
     results = store.all_configs()
@@ -223,7 +222,7 @@ def build_report(store: ResultsStore, grid: Grid | None = None, primary: str | N
     primary_column = columns.get(primary) if primary else None
     every = {name: Column(unit=m.unit, better=m.better) for row in rows for name, m in row.metrics.items()}
     noise = between_deployment_noise(rows, {name: results[name].config_hash for name in results}, every)
-    if not noise and manifest.noise_from and stored_noise_ok:
+    if not noise and manifest.noise_from:
         noise = stored_noise(manifest.noise_from)
     ranked = _rank(rows, primary, primary_column.better if primary_column else None)
     measured = {r.name: r.machine() for r in rows if r.metrics}  # in run order
@@ -432,12 +431,21 @@ def between_deployment_noise(rows: list[ConfigRow], hashes: dict[str, str | None
     return out
 
 
+def measured_noise(store: ResultsStore) -> list[NoiseEstimate]:
+    """The between-deployment noise a stored run's own twins measured (what build_report computes), without
+    building the rest of its report."""
+    results = store.all_configs()
+    rows = [_config_row(name, result, []) for name, result in results.items()]
+    every = {name: Column(unit=m.unit, better=m.better) for row in rows for name, m in row.metrics.items()}
+    return between_deployment_noise(rows, {name: r.config_hash for name, r in results.items()}, every)
+
+
 def stored_noise(run_dirs: Sequence[str]) -> list[NoiseEstimate]:
     """Between-deployment noise measured by stored runs (an A/A grid's twins, --vllm-replicas' copies), for a run
     that has no twins of its own: per metric the largest spread any of them saw, with where it comes from."""
     merged: dict[str, NoiseEstimate] = {}
     for run_dir in run_dirs:
-        for est in build_report(ResultsStore(Path(run_dir)), stored_noise_ok=False).noise:
+        for est in measured_noise(ResultsStore(Path(run_dir))):
             pairs = [f"{pair} ({Path(run_dir).name})" for pair in est.pairs]
             have = merged.get(est.metric)
             if have is None:
@@ -457,7 +465,7 @@ def noise_reference_dirs(values: Sequence[str] | None) -> list[str]:
         store = ResultsStore(Path(run_dir))
         if not store.root.is_dir() or not store.all_configs():
             raise ValueError(f"--vllm-noise-from {run_dir}: not a results directory with config results")
-        if not build_report(store, stored_noise_ok=False).noise:
+        if not measured_noise(store):
             raise ValueError(f"--vllm-noise-from {run_dir}: no two deployments of identical flags measured the same "
                              "figure there (run an A/A grid such as configs/aa-cpu.yaml, or --vllm-replicas 2)")
     return dirs
