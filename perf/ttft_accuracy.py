@@ -12,6 +12,9 @@ while nothing else talks to that server:
   ours-chat         ChatClient.chat, as benchmarks/test_ttft.py does
   ours-completions  ChatClient.completion
   vllm              `vllm bench serve --backend openai --max-concurrency 1` (/v1/completions)
+  vllm-chat         `vllm bench serve --backend openai-chat` (/v1/chat/completions): it times the first
+                    chunk with choices, the role-only chunk vLLM sends on the engine's first output, so
+                    it compares with ours-chat's first output (`first output` in the printed line)
   guidellm          GuideLLM, synchronous profile (/v1/completions)
 Around each tool's requests the server's /metrics is scraped; the delta of
 vllm:time_to_first_token_seconds covers exactly those N requests (the count is checked).
@@ -53,7 +56,7 @@ from pytest_vllmgrid.placement import cache_root, packaged_default_grid  # noqa:
 from pytest_vllmgrid.tinymodel import ensure_tiny_model  # noqa: E402
 from pytest_vllmgrid.workloads import text_of_tokens  # noqa: E402
 
-TOOLS = ("ours-chat", "ours-completions", "vllm", "guidellm")
+TOOLS = ("ours-chat", "ours-completions", "vllm", "vllm-chat", "guidellm")
 PROMPT_TOKENS = 32
 OUTPUT_TOKENS = 32
 SERVER_WARMUP = 3
@@ -68,11 +71,13 @@ def deploy_baseline(workdir: Path, grid_file: Path | None = None, name: str = "b
     return deployer.deploy(config, workdir)
 
 
-def ours(url: str, model: str, count: int, chat: bool, seed: int) -> tuple[list[float | None], list[float]]:
-    """N sequential streamed requests from our client; their TTFTs and end-to-end times in seconds."""
+def ours(url: str, model: str, count: int, chat: bool, seed: int
+         ) -> tuple[list[float | None], list[float], list[float | None]]:
+    """N sequential streamed requests from our client; their TTFTs, end-to-end times and times to the first
+    data event of any kind (chat: vLLM's role chunk), in seconds."""
     texts = [text_of_tokens(PROMPT_TOKENS, seed=f"acc-{seed}-{i}") for i in range(count)]
 
-    async def main() -> tuple[list[float | None], list[float]]:
+    async def main() -> tuple[list[float | None], list[float], list[float | None]]:
         async with ChatClient(url, model, timeout=120.0) as client:
             records = []
             for text in texts:
@@ -85,7 +90,7 @@ def ours(url: str, model: str, count: int, chat: bool, seed: int) -> tuple[list[
         failed = [r.error for r in records if not r.ok]
         if failed:
             raise RuntimeError(f"{len(failed)} requests failed: {failed[:3]}")
-        return [r.ttft for r in records], [r.e2e for r in records]
+        return [r.ttft for r in records], [r.e2e for r in records], [r.first_output for r in records]
 
     return run_event_loop(main())
 
@@ -103,11 +108,12 @@ def measure(tool: str, url: str, model: str, tokenizer: str, count: int, workdir
     warm(url, model)
     load_before = load_average()
     before = fetch_metrics(f"{url}/metrics")
+    firsts: list[float | None] = []
     if tool.startswith("ours"):
-        ttfts, e2es = ours(url, model, count, tool == "ours-chat", seed)
-    elif tool == "vllm":
+        ttfts, e2es, firsts = ours(url, model, count, tool == "ours-chat", seed)
+    elif tool.startswith("vllm"):
         req, _ = run_vllm_bench(url, model, tokenizer, count, workdir, rate=None, max_concurrency=1,
-                                input_len=PROMPT_TOKENS, output_len=OUTPUT_TOKENS)
+                                input_len=PROMPT_TOKENS, output_len=OUTPUT_TOKENS, chat=tool == "vllm-chat")
         ttfts, e2es = req.ttft, [end - start for start, end in zip(req.start, req.end)]
     else:
         req, _ = run_guidellm(url, model, tokenizer, count, workdir, rate=None,
@@ -131,6 +137,8 @@ def measure(tool: str, url: str, model: str, tokenizer: str, count: int, workdir
         "median_diff_ms": client_median - server.p50_s * 1000,
         "client_mean_ms": client_mean, "server_mean_ms": server.mean_s * 1000,
         "mean_diff_ms": client_mean - server.mean_s * 1000,
+        "first_output_mean_diff_ms": (statistics.fmean(t for t in firsts if t is not None) * 1000
+                                      - server.mean_s * 1000) if any(t is not None for t in firsts) else None,
         "client_e2e_mean_ms": client_e2e, "server_e2e_mean_ms": server_e2e,
         "first_token_at_fraction_of_e2e": client_mean / client_e2e,
         "load_before": load_before, "load_after": load_average(),
@@ -186,7 +194,8 @@ def format_row(row: dict[str, Any]) -> str:
             f"median: client {row['client_median_ms']:6.2f} server {row['server_p50_ms']:6.2f} "
             f"[bucket {bucket[0]:.0f}-{bucket[1]:.0f}] diff {row['median_diff_ms']:+6.2f} ms  "
             f"mean: client {row['client_mean_ms']:6.2f} server {row['server_mean_ms']:6.2f} "
-            f"diff {row['mean_diff_ms']:+6.2f} ms  e2e mean: client {row['client_e2e_mean_ms']:6.1f} "
+            f"diff {row['mean_diff_ms']:+6.2f} ms  first output diff {_f(row.get('first_output_mean_diff_ms'))} ms"
+            f"  e2e mean: client {row['client_e2e_mean_ms']:6.1f} "
             f"server {_f(row['server_e2e_mean_ms'])}  load {row['load_before']}")
 
 

@@ -6,10 +6,16 @@ seeded random Qwen2 initialisation, then a short deterministic training run (CPU
 
 - every tool scenario of the benchmarks (workloads.TOOL_SCENARIOS: the same system prompt, tools
   with `"strict": true` and messages as benchmarks/test_tool_calling.py sends them, plus variants
-  with other argument values) answered by a short `<think>` section and a hermes tool call,
-  `<think>\n...\n</think><tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`;
+  with other argument values) answered by a short reasoning section and a hermes tool call,
+  `...\n</think><tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`;
 - step-by-step tasks in the benchmarks' templates (workloads.reasoning_tasks, other numbers)
-  answered by `<think>\n<steps>\n</think>\n\n<answer>`.
+  answered by `<steps>\n</think>\n\n<answer>`.
+
+The chat template opens the reasoning itself (`<|im_start|>assistant\n<think>\n`, as the thinking
+templates of Qwen3-2507 and DeepSeek-R1 do), so the model's first generated token is reasoning text
+that a reasoning parser streams at once. When the model generated `<think>` itself, the parser
+swallowed that first token and every client TTFT read one decode step (~3 ms here) late against
+the engine's own histogram (issue 16.6).
 
 So the default job exercises the success paths: hermes tool calls that parse and validate, and a
 reasoning section that a `--reasoning-parser` splits from the answer. Everything that shapes the
@@ -36,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RECIPE_VERSION = "tiny-qwen2/2"  # bump on any change to the code below that changes the model's bytes
+RECIPE_VERSION = "tiny-qwen2/3"  # bump on any change to the code below that changes the model's bytes
 MODEL_NAME_PREFIX = "tiny-qwen2"
 CACHE_ENV_VAR = "VLLMGRID_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/pytest-vllmgrid")
@@ -121,6 +127,8 @@ PRETOKENIZE_PATTERN = (
 )
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+# The generation prompt ends with this: the reasoning is open when the model starts (see the module doc).
+THINK_OPEN = "<think>\n"
 # ChatML in the Qwen2.5 manner: tools listed in the system turn (hermes format), assistant
 # tool calls as <tool_call> JSON blocks, consecutive tool results grouped in one user turn.
 CHAT_TEMPLATE = (
@@ -164,7 +172,7 @@ CHAT_TEMPLATE = (
     "{{- '<|im_start|>' + message.role + '\\n' + (message.content or '') + '<|im_end|>\\n' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n<think>\\n' -}}{%- endif -%}"
 )
 
 MODEL_FILES = (
@@ -558,7 +566,7 @@ def tool_call_text(thought: str, name: str, arguments: dict[str, Any]) -> str:
     """A short reasoning section, then one hermes tool call right after `</think>` (a forced-call
     grammar admits nothing in between)."""
     call = json.dumps({"name": name, "arguments": arguments})
-    return f"<think>\n{thought}\n</think><tool_call>\n{call}\n</tool_call>"
+    return f"{thought}\n</think><tool_call>\n{call}\n</tool_call>"
 
 
 def _date(rng: random.Random) -> str:
@@ -706,7 +714,7 @@ def reasoning_transcript(rng: random.Random) -> Transcript:
         answer = f"There are {len(primes)} primes between {n['lo']} and {n['hi']}; their sum is {sum(primes)}."
     task = _REASONING_TEMPLATES[index].format(**n)
     return Transcript("reasoning", [{"role": "user", "content": task}], None,
-                      f"<think>\n{steps}\n</think>\n\n{answer}")
+                      f"{steps}\n</think>\n\n{answer}")
 
 
 def training_steps(rng: random.Random) -> Iterator[list[list[Transcript]]]:

@@ -196,7 +196,8 @@ def test_chat_template_renders_tools_calls_and_results(tokenizer: Any) -> None:
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>' in text
     assert "<|im_start|>user\n<tool_response>\nsunny\n</tool_response>\n<tool_response>\nrain" in text
     assert "<|im_start|>assistant\nSunny in Paris, rain in Rome.<|im_end|>\n" in text
-    assert text.endswith("<|im_start|>user\nThanks!<|im_end|>\n<|im_start|>assistant\n")
+    # the generation prompt opens the reasoning: the model's first token is reasoning text, not <think>
+    assert text.endswith("<|im_start|>user\nThanks!<|im_end|>\n<|im_start|>assistant\n<think>\n")
 
 
 def test_chat_template_without_tools_has_no_system_turn(tokenizer: Any) -> None:
@@ -301,8 +302,7 @@ def test_greedy_answer_to_a_benchmark_request_is_a_valid_hermes_tool_call(greedy
                                                                           scenario: str) -> None:
     answer = greedy[scenario]
     assert answer["stopped"], f"no end of turn within 192 tokens: {answer['text']!r}"
-    assert answer["text"].startswith("<think>\n"), answer["text"]
-    assert "</think><tool_call>\n{" in answer["text"]
+    assert "<think>" not in answer["text"] and answer["text"].count("</think><tool_call>\n{") == 1, answer["text"]
     calls = hermes_calls(answer["text"])
     assert len(calls) == 1
     spec = TOOL_SCENARIOS[scenario]
@@ -313,8 +313,8 @@ def test_greedy_answer_to_a_benchmark_request_is_a_valid_hermes_tool_call(greedy
 def test_greedy_answer_to_a_reasoning_task_thinks_then_answers(greedy: dict[str, Any]) -> None:
     text, stopped = greedy["reasoning"]["text"], greedy["reasoning"]["stopped"]
     assert stopped, text
-    assert text.startswith("<think>\n") and text.count("</think>") == 1
-    reasoning, answer = text.removeprefix("<think>\n").split("</think>")
+    assert "<think>" not in text and text.count("</think>") == 1
+    reasoning, answer = text.split("</think>")
     assert len(reasoning.split()) >= 10 and answer.startswith("\n\n") and answer.strip()
     assert "<tool_call>" not in text
 
@@ -357,9 +357,9 @@ def test_training_transcripts_are_seeded_and_varied() -> None:
     rng = random.Random(1)
     completions = {tinymodel.tool_transcript("weather", rng).completion for _ in range(20)}
     assert len(completions) > 5
-    assert all(c.startswith("<think>\n") and "</think><tool_call>\n" in c for c in completions)
+    assert all("<think>" not in c and c.count("\n</think><tool_call>\n") == 1 for c in completions)
     tasks = [tinymodel.reasoning_transcript(rng) for _ in range(12)]
-    assert all(t.completion.startswith("<think>\n") and "\n</think>\n\n" in t.completion for t in tasks)
+    assert all("<think>" not in t.completion and t.completion.count("\n</think>\n\n") == 1 for t in tasks)
     assert len({t.messages[0]["content"][:20] for t in tasks}) >= 4  # several of the benchmark's templates
 
 
