@@ -46,6 +46,17 @@ def outcome_of(record: RequestRecord, scenario: ToolScenario) -> str:
     return classify_tool_call(record.tool_calls, scenario.tools, scenario.expected_function) or SUCCESS
 
 
+def examples_by_outcome(records: list[RequestRecord], scenario: ToolScenario) -> list[dict[str, Any]]:
+    """The first request of each outcome (failures first, then one success): what a failing call looked like,
+    with its finish reason, is what a reader of the report needs to act on it."""
+    first: dict[str, RequestRecord] = {}
+    for record in records:
+        first.setdefault(outcome_of(record, scenario), record)
+    ordered = sorted(first.items(), key=lambda item: item[0] == SUCCESS)
+    return [{"outcome": outcome, "finish_reason": r.finish_reason, "tool_calls": r.tool_calls[:2],
+             "content": r.output_text[:300]} for outcome, r in ordered]
+
+
 @pytest.mark.parametrize(("scenario_name", "choice"), [(name, choice) for name in TOOL_SCENARIOS for choice in CHOICES])
 def test_tool_calling(vllm_bench: BenchContext, scenario_name: str, choice: str) -> None:
     """`warmup` discarded requests, then `tool_repetitions` seeded requests, each classified."""
@@ -77,8 +88,7 @@ def test_tool_calling(vllm_bench: BenchContext, scenario_name: str, choice: str)
                   outcomes={name: outcomes[name] for name in (SUCCESS, *FAILURE_REASONS, HTTP_ERROR)},
                   with_tool_calls=sum(1 for r in records if r.tool_calls),
                   finish_reasons=dict(Counter(str(r.finish_reason) for r in records)),
-                  examples=[{"outcome": outcome_of(r, scenario), "tool_calls": r.tool_calls[:2],
-                             "content": r.output_text[:120]} for r in records[:3]])
+                  examples=examples_by_outcome(records, scenario))
     vllm_bench.finish(m, window)
     unknown = set(outcomes) - {SUCCESS, HTTP_ERROR, *FAILURE_REASONS}
     assert not unknown, f"unclassified outcomes: {sorted(unknown)}"
