@@ -288,3 +288,17 @@ def test_a_trade_off_on_a_percentage_is_in_points(tmp_path: Path) -> None:
     report = build_report(store_run(tmp_path / "run", configs, baseline="base"))
     [line] = [t for t in report.tradeoffs if t.startswith("stability.degradation_pct")]
     assert line == "stability.degradation_pct: best is base (-2.99 %); fast is +6.0 pts from it"  # was -202.0%
+
+
+def test_an_unknown_warnings_kind_is_its_first_clause_cut_between_words() -> None:
+    from pytest_vllmgrid.report.anomalies import KIND_CHARS, group_warnings, warning_kind
+
+    long = ("capacity search stopped by max_probes before the bracket narrowed to the tolerance and the budget "
+            "was nowhere near spent yet, 3 probes: see the details")
+    kind = warning_kind(long)
+    assert kind.endswith("…") and len(kind) <= KIND_CHARS + 1 and long.startswith(kind[:-1])
+    assert kind[:-1].rstrip() == kind[:-1] and long[len(kind) - 1] == " "  # no word cut in half
+    short = warning_kind("server slow for 12 requests: details")
+    assert short == "server slow for N requests"
+    groups = group_warnings("base", [f"ttft: {long}", f"kv_cache: {long.replace('3 probes', '4 probes')}"])
+    assert [(g.kind, g.count) for g in groups] == [(kind, 2)]

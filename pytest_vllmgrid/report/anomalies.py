@@ -19,6 +19,9 @@ KNOWN_KINDS: list[tuple[re.Pattern[str], str]] = [
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 
 
+KIND_CHARS = 100  # an unknown warning's kind: its first clause, at most this long
+
+
 class AnomalyGroup(BaseModel):
     """Warnings of one kind on one config: how many, on which tests, and each full text."""
 
@@ -41,8 +44,10 @@ def warning_kind(text: str) -> str:
     for pattern, kind in KNOWN_KINDS:
         if pattern.search(text):
             return kind
-    head = re.split(r"[:(;]", text, maxsplit=1)[0].strip() or text.strip()
-    return _NUMBER.sub("N", head)[:80]
+    head = _NUMBER.sub("N", re.split(r"[:(;]", text, maxsplit=1)[0].strip() or text.strip())
+    if len(head) <= KIND_CHARS:
+        return head
+    return head[:KIND_CHARS].rsplit(" ", 1)[0] + "…"  # cut between words, and say so
 
 
 def group_warnings(config: str, warnings: list[str]) -> list[AnomalyGroup]:
