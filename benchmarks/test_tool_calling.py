@@ -46,12 +46,12 @@ def outcome_of(record: RequestRecord, scenario: ToolScenario) -> str:
     return classify_tool_call(record.tool_calls, scenario.tools, scenario.expected_function) or SUCCESS
 
 
-def examples_by_outcome(records: list[RequestRecord], scenario: ToolScenario) -> list[dict[str, Any]]:
-    """The first request of each outcome (failures first, then one success): what a failing call looked like,
-    with its finish reason, is what a reader of the report needs to act on it."""
+def examples_by_outcome(records: list[RequestRecord], labels: list[str]) -> list[dict[str, Any]]:
+    """The first request of each outcome (`labels[i]` is records[i]'s; failures first, then one success): what a
+    failing call looked like, with its finish reason, is what a reader of the report needs to act on it."""
     first: dict[str, RequestRecord] = {}
-    for record in records:
-        first.setdefault(outcome_of(record, scenario), record)
+    for record, label in zip(records, labels, strict=True):
+        first.setdefault(label, record)
     ordered = sorted(first.items(), key=lambda item: item[0] == SUCCESS)
     return [{"outcome": outcome, "finish_reason": r.finish_reason, "tool_calls": r.tool_calls[:2],
              "content": r.output_text[:300]} for outcome, r in ordered]
@@ -71,7 +71,8 @@ def test_tool_calling(vllm_bench: BenchContext, scenario_name: str, choice: str)
                            temperature=s.tool_temperature, extra_body=seed)
 
     records, window = vllm_bench.run_sequential(ask, s.tool_repetitions)
-    outcomes = Counter(outcome_of(r, scenario) for r in records)
+    labels = [outcome_of(r, scenario) for r in records]
+    outcomes = Counter(labels)
     m = Measurement(method=(
         f"{len(records)} sequential streamed requests after {s.warmup} discarded ones; scenario {scenario.name} "
         f"({scenario.kind}), tool_choice {choice}, strict function schemas, temperature {s.tool_temperature:g}, "
@@ -88,7 +89,7 @@ def test_tool_calling(vllm_bench: BenchContext, scenario_name: str, choice: str)
                   outcomes={name: outcomes[name] for name in (SUCCESS, *FAILURE_REASONS, HTTP_ERROR)},
                   with_tool_calls=sum(1 for r in records if r.tool_calls),
                   finish_reasons=dict(Counter(str(r.finish_reason) for r in records)),
-                  examples=examples_by_outcome(records, scenario))
+                  examples=examples_by_outcome(records, labels))
     vllm_bench.finish(m, window)
     unknown = set(outcomes) - {SUCCESS, HTTP_ERROR, *FAILURE_REASONS}
     assert not unknown, f"unclassified outcomes: {sorted(unknown)}"

@@ -127,8 +127,6 @@ PRETOKENIZE_PATTERN = (
 )
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-# The generation prompt ends with this: the reasoning is open when the model starts (see the module doc).
-THINK_OPEN = "<think>\n"
 # ChatML in the Qwen2.5 manner: tools listed in the system turn (hermes format), assistant
 # tool calls as <tool_call> JSON blocks, consecutive tool results grouped in one user turn.
 CHAT_TEMPLATE = (
@@ -172,6 +170,7 @@ CHAT_TEMPLATE = (
     "{{- '<|im_start|>' + message.role + '\\n' + (message.content or '') + '<|im_end|>\\n' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
+    # the generation prompt opens the reasoning: the model starts inside it (see the module doc)
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n<think>\\n' -}}{%- endif -%}"
 )
 
